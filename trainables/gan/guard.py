@@ -1,0 +1,82 @@
+"""Divergence guard: end a run that is burning its budget, with a recorded reason.
+
+Three triggers (shared/SYSTEMS.md S2's failures and the obvious one):
+- a non-finite G or D loss;
+- D loss below a floor for `patience` epochs while G loss rose in each of them (D wins, G
+  diverges);
+- a collapsed generator: the per-pixel std across the fixed samples of a class ~ 0 (S2's
+  uniform grey image).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def nonfinite_reason(metrics: dict[str, float]) -> str | None:
+    """A reason if a loss that was actually computed this epoch is NaN/inf."""
+    for key, steps in (("g_loss", "g_steps"), ("d_loss", "d_steps")):
+        if metrics.get(steps, 1) > 0 and not math.isfinite(metrics.get(key, 0.0)):
+            return f"non-finite {key} ({metrics[key]})"
+    return None
+
+
+def d_wins_reason(d_losses: Sequence[float], g_losses: Sequence[float], floor: float,
+                  patience: int) -> str | None:
+    """A reason if the last `patience` D losses are all < floor and G loss rose every epoch."""
+    if len(d_losses) < patience or len(g_losses) < patience:
+        return None
+    d, g = d_losses[-patience:], g_losses[-patience:]
+    if all(x < floor for x in d) and all(b > a for a, b in zip(g, g[1:])):
+        return (f"discriminator won: D loss < {floor} for {patience} epochs while G loss rose "
+                f"{g[0]:.4g} -> {g[-1]:.4g}")
+    return None
+
+
+def collapse_reason(samples: torch.Tensor, labels: torch.Tensor, min_std: float) -> str | None:
+    """A reason if, for some class, the fixed samples are ~ the same image: mean over pixels
+    of the per-pixel std across samples < min_std (images in [-1, 1])."""
+    if min_std <= 0:
+        return None
+    for c in labels.unique().tolist():
+        x = samples[labels.to(samples.device) == c].float()
+        if x.shape[0] < 2:
+            continue
+        spread = float(x.std(dim=0).mean())
+        if spread < min_std:
+            return (f"generator collapsed: class {c} samples have per-pixel std {spread:.3g} "
+                    f"< guard_collapse_std {min_std}")
+    return None
+
+
+class DivergenceGuard:
+    """Keeps the loss history and applies the three checks once per epoch."""
+
+    def __init__(self, d_loss_floor: float, patience: int, collapse_std: float, warmup: int = 0):
+        self.d_loss_floor, self.patience, self.collapse_std = d_loss_floor, patience, collapse_std
+        self.warmup = warmup
+        self.d_losses: list[float] = []
+        self.g_losses: list[float] = []
+
+    def update(self, metrics: dict[str, float], samples: torch.Tensor,
+               labels: torch.Tensor) -> str | None:
+        """Record this epoch and return a stop reason, or None to go on.  The collapse check
+        starts at epoch `warmup`: a freshly initialised G is itself a near-constant image."""
+        reason = nonfinite_reason(metrics)
+        if reason:
+            return reason
+        if metrics.get("d_steps", 1) > 0 and metrics.get("g_steps", 1) > 0:
+            self.d_losses.append(float(metrics["d_loss"]))
+            self.g_losses.append(float(metrics["g_loss"]))
+        return (d_wins_reason(self.d_losses, self.g_losses, self.d_loss_floor, self.patience)
+                or (collapse_reason(samples, labels, self.collapse_std)
+                    if metrics.get("epoch", 0) >= self.warmup else None))
+
+    def state_dict(self) -> dict:
+        return {"d_losses": list(self.d_losses), "g_losses": list(self.g_losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.d_losses = [float(x) for x in state["d_losses"]]
+        self.g_losses = [float(x) for x in state["g_losses"]]

@@ -1,0 +1,220 @@
+"""`train_gan`: the GAN trainable, written once against `RunContext` (standalone or Ray Train)."""
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from trainables.context import RunContext
+from trainables.gan.build import build_models, build_optimizer, build_scheduler, trained_classes
+from trainables.gan.checkpoint import (STATE_FORMAT, atomic_save, load_checkpoint, rng_state,
+                                       save_generator, set_rng_state, STATE_FILE)
+from trainables.gan.config import GANConfig
+from trainables.gan.guard import DivergenceGuard
+from trainables.gan.loop import train_epoch
+from trainables.gan.sampling import grid_labels, sample, save_grid
+
+Evaluate = Callable[[nn.Module, int], dict[str, float]]
+
+
+class ImageSetDataset(Dataset):
+    """(uint8 HWC image, label) pairs of an ImageSet, restricted to some rows."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray):
+        self.images, self.labels, self.rows = images, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        r = self.rows[i]
+        return np.asarray(self.images[r]), int(self.labels[r])
+
+
+def _collate(items: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    from trainables.data import to_tensor
+
+    images = np.stack([x for x, _ in items])
+    return to_tensor(images, value_range="[-1,1]"), torch.tensor([y for _, y in items])
+
+
+def make_loader(cfg: GANConfig, data: Any, class_indices: Sequence[int], ctx: RunContext
+                ) -> DataLoader:
+    """Shuffled, drop_last loader over the trained classes; the order is a function of
+    (seed, epoch) via DistributedSampler.set_epoch (also with one process) so resume is exact."""
+    labels = np.asarray(data.labels)
+    rows = np.flatnonzero(np.isin(labels, list(class_indices)))
+    per_rank = len(rows) // max(ctx.world_size, 1)
+    if per_rank < cfg.batch_size:
+        raise ValueError(f"{len(rows)} training images for classes {list(class_indices)} give "
+                         f"{per_rank} per process, fewer than batch_size={cfg.batch_size}: "
+                         "lower batch_size or use more data")
+    ds = ImageSetDataset(data.images, labels, rows)
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=cfg.seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=cfg.num_workers, collate_fn=_collate,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def _to_device(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    # The noise/dropout stream of an epoch depends only on (seed, epoch, rank): a resumed run
+    # repeats it exactly and DDP ranks draw different z.
+    s = (seed * 1_000_003 + epoch * 9_973 + rank) % (2 ** 63)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return getattr(m, "module", m)
+
+
+def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
+              evaluate: Evaluate | None = None) -> list[dict]:
+    """Train `cfg` on `data` (an ImageSet: .images uint8 NHWC, .labels, .classes).
+
+    Each epoch: train, sample the fixed grid, apply the divergence guard, call `evaluate`
+    (rank 0, every `eval_every` epochs and at the last), write `epoch_XXXX/{grid.png,
+    state.pt, generator.pt}` (rank 0) and `ctx.report(metrics, epoch_dir)`.  Stops early with
+    `stop_reason` / diverged=1.0 when the guard fires.  Returns the per-epoch reports."""
+    classes = tuple(data.classes)
+    _check_data(cfg, data)
+    cls_idx = trained_classes(cfg, classes, np.asarray(data.labels))
+    torch.manual_seed(cfg.seed)  # initial weights: a function of the seed (same on every rank)
+    G, D = build_models(cfg, len(classes), classes, cls_idx)
+    dev = ctx.device
+    fmt = torch.channels_last if (cfg.channels_last and dev.type == "cuda") else torch.contiguous_format
+    G, D = G.to(dev, memory_format=fmt), D.to(dev, memory_format=fmt)
+    opt_g, opt_d = build_optimizer(cfg, G.parameters(), cfg.lr_g), build_optimizer(cfg, D.parameters(), cfg.lr_d)
+    sched_g, sched_d = build_scheduler(cfg, opt_g), build_scheduler(cfg, opt_d)
+    guard = DivergenceGuard(cfg.guard_d_loss_floor, cfg.guard_patience, cfg.guard_collapse_std,
+                            cfg.guard_warmup)
+    start_epoch, iteration = 0, 0
+    if ctx.resume_dir is not None:
+        start_epoch, iteration = _resume(ctx.resume_dir, cfg, classes, G, D, opt_g, opt_d,
+                                         sched_g, sched_d, guard)
+    # Wrap after loading: DDP broadcasts rank 0's (restored) weights at construction.
+    Gw, Dw = ctx.wrap_model(G), ctx.wrap_model(D)
+    loader = make_loader(cfg, data, cls_idx, ctx)
+    fixed_labels = grid_labels(cls_idx, cfg.grid_per_class)
+    reports: list[dict] = []
+    for epoch in range(start_epoch, cfg.epochs):
+        _seed_epoch(cfg.seed, epoch, ctx.rank)
+        loader.sampler.set_epoch(epoch)
+        Gw.train(); Dw.train()
+        lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
+        m = train_epoch(Gw, Dw, opt_g, opt_d, _to_device(loader, dev), cfg, iteration)
+        iteration += int(m.pop("batches"))
+        m = _mean_across_ranks(m, ctx)
+        m = {"epoch": float(epoch), **m, **lrs}
+        _step_schedulers(sched_g, sched_d)
+        samples = sample(G, fixed_labels, cfg.latent_dim, seed=cfg.seed)
+        reason = guard.update(m, samples, fixed_labels)
+        if reason is None and evaluate is not None and ctx.is_main and (
+                (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
+            G.eval()
+            m.update({k: float(v) for k, v in evaluate(G, epoch).items()})
+            G.train()
+        m["diverged"] = 1.0 if reason else 0.0
+        if reason:
+            m["stop_reason"] = reason
+        epoch_dir = None
+        if ctx.is_main:
+            epoch_dir = Path(ctx.run_dir) / f"epoch_{epoch:04d}"
+            epoch_dir.mkdir(parents=True, exist_ok=True)
+            save_grid(samples, epoch_dir / "grid.png", per_row=cfg.grid_per_class)
+            # NaN weights are worth nothing as a checkpoint; other stops keep theirs.
+            if reason and reason.startswith("non-finite"):
+                epoch_dir = None
+            else:
+                state = dict(format=STATE_FORMAT, epoch=epoch, iteration=iteration,
+                             config=cfg.to_dict(), classes=list(classes), class_indices=list(cls_idx),
+                             generator=G.state_dict(), discriminator=D.state_dict(),
+                             opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(),
+                             sched_g=sched_g.state_dict() if sched_g else None,
+                             sched_d=sched_d.state_dict() if sched_d else None,
+                             guard=guard.state_dict(), rng=rng_state(), metrics=dict(m))
+                atomic_save(state, epoch_dir / STATE_FILE)
+                save_generator(epoch_dir, G, cfg, classes, cls_idx)
+        ctx.report(m, epoch_dir)
+        reports.append(m)
+        if reason:
+            break
+    return reports
+
+
+def _resume(resume_dir: Path, cfg: GANConfig, classes: tuple[str, ...], G: nn.Module,
+            D: nn.Module, opt_g, opt_d, sched_g, sched_d, guard: DivergenceGuard) -> tuple[int, int]:
+    """Restore everything from resume_dir/state.pt; returns (next epoch, global batch count)."""
+    ck = load_checkpoint(resume_dir)
+    _check_resume(ck, cfg, classes)
+    G.load_state_dict(ck["generator"])
+    D.load_state_dict(ck["discriminator"])
+    opt_g.load_state_dict(ck["opt_g"])
+    opt_d.load_state_dict(ck["opt_d"])
+    for sched, key in ((sched_g, "sched_g"), (sched_d, "sched_d")):
+        if sched is not None:
+            sched.load_state_dict(ck[key])
+    guard.load_state_dict(ck["guard"])
+    set_rng_state(ck["rng"])
+    return int(ck["epoch"]) + 1, int(ck["iteration"])
+
+
+def _mean_across_ranks(m: dict[str, float], ctx: RunContext) -> dict[str, float]:
+    """Under DDP, average the epoch numbers over ranks (images_per_s is summed), so every
+    rank reports and guards on the same values and they all stop together."""
+    import torch.distributed as dist
+
+    if ctx.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return m
+    keys = sorted(m)
+    t = torch.tensor([m[k] for k in keys], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    out = dict(zip(keys, (t / ctx.world_size).tolist()))
+    out["images_per_s"] *= ctx.world_size
+    return out
+
+
+def _step_schedulers(*scheds) -> None:
+    """Per-epoch scheduler step.  With a slow D (K > batches per epoch) an epoch can end
+    without a D step; PyTorch then warns about the call order, but the per-epoch schedule
+    is still what we want, so that one warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for s in scheds:
+            if s is not None:
+                s.step()
+
+
+def _check_data(cfg: GANConfig, data: Any) -> None:
+    images = data.images
+    if images.ndim != 4 or images.shape[1] != cfg.resolution or images.shape[2] != cfg.resolution \
+            or images.shape[3] != cfg.channels:
+        raise ValueError(f"data images have shape {tuple(images.shape)} (N,H,W,C) but the GAN "
+                         f"config wants {cfg.resolution}x{cfg.resolution}x{cfg.channels}: load the "
+                         "image set with the config's resolution and channels")
+    if len(data.labels) != images.shape[0]:
+        raise ValueError(f"data has {images.shape[0]} images but {len(data.labels)} labels")
+
+
+def _check_resume(ck: dict, cfg: GANConfig, classes: tuple[str, ...]) -> None:
+    if ck.get("format") != STATE_FORMAT:
+        raise ValueError("resume_dir holds a generator-only checkpoint; resume needs state.pt")
+    saved = GANConfig.from_dict(ck["config"])
+    arch = ("family", "variant", "resolution", "channels", "latent_dim", "width", "embed_dim")
+    diff = [k for k in arch if getattr(saved, k) != getattr(cfg, k)]
+    if diff or tuple(ck["classes"]) != classes:
+        raise ValueError(f"cannot resume: checkpoint differs in {diff or ['classes']} "
+                         "(resume with the config and data it was trained with)")

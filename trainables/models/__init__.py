@@ -1,0 +1,1 @@
+"""GAN model families (one file each); classifiers live in `classifiers.py`."""
