@@ -1,0 +1,109 @@
+"""Tune overhead and random-vs-Optuna at equal budget.
+
+    python benchmarks/tune_overhead.py --data ../shared/data/covid19-image-dataset \
+        --trials 4 --epochs 2 [--compare-searchers 8]
+
+1. The same N trainings (the search space's first N Optuna suggestions, seeded) run
+   (a) one after another in a plain Python loop, (b) through the orchestrator (Ray Tune,
+   one trial at a time, no early stopping, MLflow on). Prints the wall-time ratio (b)/(a).
+2. With --compare-searchers K: two searches of K trials each with ASHA, one with Optuna's
+   TPE, one with Optuna's random sampler, same seed and budget; prints both best objectives.
+
+Numbers are printed as ratios because this machine is noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def suggested_configs(space_module, base: dict, n: int, seed: int) -> list[dict]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    for point in space_module.first_points(base, base["epochs"]):
+        study.enqueue_trial(point)
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        space_module.space(trial, max_epochs=base["epochs"])
+        configs.append(space_module.to_config(trial.params))
+        study.tell(trial, 0.0)
+    return configs
+
+
+def plain_loop(configs: list[dict], settings: dict) -> float:
+    from trainables.context import standalone_context
+    from trainables.ray_glue import run_gan_trial
+
+    start = time.perf_counter()
+    for i, config in enumerate(configs):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_gan_trial(config, settings, standalone_context(Path(tmp) / str(i), device="cpu"))
+    return time.perf_counter() - start
+
+
+def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple[float, dict]:
+    from orchestrator import driver, search
+
+    cfg = search.config_from_args([
+        "acgan", "--smoke", "--data", args.data, "--name", name, "--storage",
+        str(work / "ray_results"), "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
+        "--max-epochs", str(args.epochs), *extra])
+    start = time.perf_counter()
+    summary = driver.run_search(cfg)
+    return time.perf_counter() - start, summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data/covid19-image-dataset")
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--compare-searchers", type=int, default=0, metavar="K")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import ray
+
+    from orchestrator import driver, search
+    from search_spaces import acgan
+
+    work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    cfg = search.config_from_args(["acgan", "--smoke", "--data", args.data, "--max-epochs",
+                                   str(args.epochs), "--name", "bench", "--storage", str(work)])
+    settings = driver.trial_settings(cfg, str(work))
+    driver._preflight_data(settings)
+    configs = suggested_configs(acgan, settings["gan"], args.trials, seed=0)
+    t_plain = plain_loop(configs, settings)
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    t_tune, _ = through_orchestrator(args, work, "bench-tune", [
+        "--num-samples", str(args.trials), "--scheduler", "none", "--max-concurrent", "1"])
+    print(f"plain loop: {t_plain:.1f} s for {args.trials} trials x {args.epochs} epochs")
+    print(f"orchestrator (Tune + MLflow, sequential): {t_tune:.1f} s")
+    print(f"Tune overhead ratio (orchestrator / plain): {t_tune / t_plain:.2f}")
+
+    if args.compare_searchers:
+        best = {}
+        for searcher in ("optuna", "random"):
+            _, summary = through_orchestrator(args, work, f"bench-{searcher}", [
+                "--num-samples", str(args.compare_searchers), "--searcher", searcher])
+            metrics = (summary.get("best") or {}).get("metrics", {})
+            best[searcher] = metrics.get("fid", float("nan"))
+        print(f"best FID at {args.compare_searchers} trials: optuna {best['optuna']:.2f}, "
+              f"random {best['random']:.2f} (ratio random/optuna "
+              f"{best['random'] / best['optuna']:.2f})")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The end of a search: rank every epoch, tag the best, register its generator, summarise."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from orchestrator import tracking
+
+CHAMPION = "champion"
+
+
+def registered_model_name(experiment: str) -> str:
+    return f"cxr-{experiment}-generator"
+
+
+def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) -> dict:
+    """Rank (trial, epoch) rows from MLflow, record the outcome, print where to look."""
+    from orchestrator import ranking
+    from orchestrator.rank import load_epoch_table
+
+    table = load_epoch_table(cfg.name, cfg.mlflow_uri)
+    failed = _failed_trials(results)
+    out_dir = Path(tempfile.mkdtemp(prefix="cxr-ranking-"))
+    policy = "weighted" if cfg.experiment == "classifier" else cfg.policy
+    ranked = ranking.rank(table, policy, None, **policy_options(cfg))
+    for path in ranking.write_ranking(ranked, out_dir, "ranking"):
+        client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
+    summary: dict[str, Any] = {"search": cfg.name, "trials": int(table["trial_id"].nunique())
+                               if len(table) else 0, "failed_trials": failed,
+                               "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri}
+    best = _best_row(ranked)
+    if best is None:
+        client.set_tag(parent_run_id, "cxr.best", "none: no epoch could be ranked")
+        summary["best"] = None
+    else:
+        summary.update(_record_best(cfg, client, parent_run_id, best))
+    client.set_terminated(parent_run_id, "FINISHED")
+    print(format_summary(summary))
+    return summary
+
+
+def policy_options(cfg) -> dict:
+    """The search's objectives steer the Pareto policy; staged/weighted use their defaults."""
+    if cfg.experiment == "classifier":  # one validation metric decides, not the GAN criteria
+        name, mode = cfg.objectives()[0]
+        return {"weights": {name: 1.0}, "directions": {name: mode}}
+    if cfg.policy != "pareto":
+        return {}
+    names = [name for name, _ in cfg.objectives()]
+    if len(names) == 1:
+        names = list(dict.fromkeys(["cas_acc", names[0]]))
+    return {"objectives": tuple(names)}
+
+
+def _failed_trials(results) -> list[str]:
+    try:
+        return [r.metrics.get("trial_id", "?") for r in results if r.error is not None]
+    except Exception:  # a ResultGrid that cannot be iterated has no failures to list
+        return []
+
+
+def _best_row(ranked) -> Optional[dict]:
+    from orchestrator import ranking
+
+    try:
+        return ranking.best(ranked).to_dict()
+    except ValueError:  # nothing rankable: every epoch lacks a metric the policy needs
+        return None
+
+
+def _record_best(cfg, client, parent_run_id: str, best: dict) -> dict:
+    trial_id, epoch = str(best["trial_id"]), int(best["epoch"])
+    run = _trial_run(client, cfg.name, parent_run_id, trial_id)
+    metrics = {k: float(v) for k, v in best.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k not in ("epoch", "rank") and v == v}
+    tags = {"cxr.best_trial_id": trial_id, "cxr.best_epoch": str(epoch),
+            "cxr.best_run_id": run.info.run_id if run else ""}
+    for key, value in tags.items():
+        client.set_tag(parent_run_id, key, value)
+    if run is not None:
+        client.set_tag(run.info.run_id, "cxr.best_epoch", str(epoch))
+    checkpoint = best.get("checkpoint") if isinstance(best.get("checkpoint"), str) else None
+    registered = None
+    if checkpoint and cfg.experiment != "classifier":
+        registered = register_generator(cfg, run.info.run_id, checkpoint, epoch)
+    note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
+    client.set_tag(parent_run_id, "mlflow.note.content", note)
+    return {"best": {"trial_id": trial_id, "epoch": epoch, "run_id": tags["cxr.best_run_id"],
+                     "checkpoint": checkpoint, "metrics": metrics,
+                     "reason": best.get("reason", "")},
+            "registered_model": registered}
+
+
+def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
+    experiment = client.get_experiment_by_name(search_name)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{tracking.TRIAL_ID}` = '{trial_id}' and tags.`{tracking.PARENT}` = '{parent_run_id}'",
+        max_results=1)
+    return runs[0] if runs else None
+
+
+def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optional[dict]:
+    """Log the best epoch's generator as an MLflow PyTorch model and alias it `champion`."""
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from trainables.gan import load_generator
+
+    blob = tracking.read_checkpoint_file(checkpoint, "generator.pt")
+    if blob is None:
+        print(f"warning: {checkpoint}/generator.pt not found; best generator not registered")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "generator.pt"
+        local.write_bytes(blob)
+        generator, gan_cfg, classes = load_generator(local)
+        name = registered_model_name(cfg.experiment)
+        mlflow.set_tracking_uri(cfg.mlflow_uri)  # the fluent API below uses the global URI
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(local), artifact_path=f"best_generator_epoch_{epoch:04d}")
+            info = mlflow.pytorch.log_model(
+                # "pickle": the generator's forward takes (z, labels) and routes per class
+                # (per-class DCGAN), which a traced pt2 graph would freeze.
+                generator, name="generator", registered_model_name=name,
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    client = MlflowClient(cfg.mlflow_uri)
+    version = info.registered_model_version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for key, value in {"search": cfg.name, "epoch": str(epoch), "classes": ",".join(classes),
+                       "latent_dim": str(gan_cfg.latent_dim), "family": gan_cfg.family,
+                       "source_run_id": run_id}.items():
+        client.set_model_version_tag(name, version, key, value)
+    return {"name": name, "version": str(version), "alias": CHAMPION}
+
+
+def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
+                      if not k.endswith(("_s", "_per_s")))
+    lines = [f"## Best epoch: trial `{trial_id}`, epoch {epoch}",
+             f"- trial run: `{run.info.run_name}` ({run.info.run_id})" if run else "",
+             f"- ranking policy: {cfg.policy}; why: {reason}" if reason else "",
+             f"- metrics: {shown}",
+             f"- checkpoint: `{checkpoint}`" if checkpoint else "",
+             (f"- registered: `{registered['name']}` version {registered['version']} "
+              f"(alias `{registered['alias']}`)") if registered else "",
+             "- full ranking: artefacts `ranking/ranking.csv`"]
+    return "\n".join(line for line in lines if line)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"\n=== search {summary['search']}: {summary['trials']} trials, "
+             f"policy {summary['policy']} ==="]
+    if summary.get("failed_trials"):
+        lines.append(f"failed trials: {', '.join(map(str, summary['failed_trials']))}")
+    best = summary.get("best")
+    if not best:
+        lines.append("no epoch could be ranked (see the trials' stop_reason tags in MLflow)")
+    else:
+        lines.append(f"best: trial {best['trial_id']}, epoch {best['epoch']}  ({best['reason']})")
+        keys = [k for k in ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "g_loss",
+                            "d_fake_acc", "val_macro_f1", "val_accuracy")
+                if k in best["metrics"]]
+        lines.append("  " + "  ".join(f"{k}={best['metrics'][k]:.4g}" for k in keys))
+        if summary.get("registered_model"):
+            reg = summary["registered_model"]
+            lines.append(f"generator: models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
+    lines.append(f"look: mlflow ui --backend-store-uri {summary['mlflow_uri']}  -> experiment "
+                 f"'{summary['search']}' -> parent run '{summary['search']}' (best run linked "
+                 "in its description)")
+    return "\n".join(lines)

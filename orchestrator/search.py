@@ -1,0 +1,204 @@
+"""`python -m orchestrator.search {acgan,dcgan,cgan,classifier}`: the search users run.
+
+With no options: a local Ray on this machine's CPUs/GPUs, MLflow at
+`sqlite:///mlruns/mlflow.db` (artefacts under ./mlruns), Tune storage under ./ray_results,
+and the default data set (PneumoniaMNIST).  On a machine without a GPU and without an
+explicit budget the CPU smoke budget is used, and the command says so.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from orchestrator.objectives import parse_objectives
+
+EXPERIMENTS = ("acgan", "dcgan", "cgan", "classifier")
+# The seed systems (shared/SYSTEMS.md) and the family each one belongs to.
+PRESET_FAMILY = {"s0": "acgan", "s3": "acgan", "s1": "dcgan", "s4": "dcgan", "s2": "cgan"}
+DEFAULT_PRESET = {"acgan": "s0", "dcgan": "s1", "cgan": "s2", "classifier": "s0"}
+SEARCHERS = ("optuna", "random")
+SCHEDULERS = ("asha", "none", "pbt")
+POLICIES = ("staged", "pareto", "weighted")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything one search needs; built from the command line, validated before Ray starts."""
+
+    experiment: str
+    preset: str
+    data: str = "default"
+    num_samples: int = 20
+    max_epochs: Optional[int] = None  # None: the preset's epochs
+    max_concurrent: Optional[int] = None  # None: derived from the cluster's GPUs/CPUs
+    workers_per_trial: int = 1
+    gpus_per_worker: Optional[float] = None  # None: 1 when the cluster has GPUs, else 0
+    searcher: str = "optuna"
+    scheduler: str = "asha"
+    objective: Optional[str] = None
+    storage: str = "ray_results"
+    mlflow_uri: str = "sqlite:///mlruns/mlflow.db"
+    name: Optional[str] = None
+    resume: bool = False
+    smoke: bool = False
+    seed: int = 0
+    policy: str = "staged"
+    execution: str = "auto"  # auto | function | train
+    eval_metrics: Optional[str] = None
+    eval_every: Optional[int] = None
+    strategies: str = "all"
+    duplicates: str = "error"  # byte-identical images under two names: error | keep
+    tune: bool = False  # classifier: Tune search of hyper-parameters instead of the study
+    overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
+
+    def objectives(self) -> list[tuple[str, str]]:
+        return parse_objectives(self.objective, self.experiment)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.search",
+        description="Search GAN (or classifier) hyper-parameters with Ray Tune + Optuna, "
+                    "rank every epoch, record everything in MLflow.")
+    p.add_argument("experiment", choices=EXPERIMENTS, help="what to train and search")
+    p.add_argument("--preset", choices=sorted(PRESET_FAMILY),
+                   help="seed system to reproduce and search around (shared/SYSTEMS.md): "
+                        "s0/s3 AC-GAN, s1/s4 DCGAN, s2 cGAN; default s0, s1, s2 by family")
+    p.add_argument("--data", default="default",
+                   help="data source: a folder-per-class directory, a COVIDx directory, an "
+                        "ieee8023 metadata.csv, a MedMNIST .npz, or 'default' (PneumoniaMNIST)")
+    p.add_argument("--duplicates", choices=("error", "keep"), default="error",
+                   help="byte-identical images under two names (a train/val leak in several "
+                        "published sets): error (default) or keep them, recorded in "
+                        "duplicates.csv beside the manifest")
+    p.add_argument("--num-samples", type=int, help="number of trials (default 20; smoke 4)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial (default: the preset's)")
+    p.add_argument("--max-concurrent", type=int,
+                   help="trials at once (default: cluster GPUs / GPUs per trial, or CPUs)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="Ray Train workers (DDP processes) per trial (default 1)")
+    p.add_argument("--gpus-per-worker", type=float,
+                   help="GPUs per worker (default 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--searcher", choices=SEARCHERS, default="optuna",
+                   help="optuna: TPE (seeded); random: Optuna's random sampler, same space")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="asha: early stopping on the objective; pbt: population based "
+                        "training (random search); none: run every trial to the end")
+    p.add_argument("--objective",
+                   help="per-epoch metric to optimise, e.g. fid, kid, cas_acc; comma-separate "
+                        "two or more for multi-objective Optuna (ASHA uses the first)")
+    p.add_argument("--policy", choices=POLICIES, default="staged",
+                   help="epoch-ranking policy run at the end of the search")
+    p.add_argument("--storage", default="ray_results",
+                   help="Tune storage: a local path or s3://… / gs://… (required on a cluster)")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
+                   help="MLflow tracking URI (sqlite:///… or http://host:port)")
+    p.add_argument("--name", help="search name (= MLflow experiment); default <exp>-<preset>-<time>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search --name (or the latest one)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the trials")
+    p.add_argument("--execution", choices=("auto", "function", "train"), default="auto",
+                   help="train: every trial is a Ray Train TorchTrainer (DDP); function: the "
+                        "loop runs in the Tune trial (1 worker); auto: train when a trial has "
+                        "GPUs or several workers")
+    p.add_argument("--eval-metrics",
+                   help="comma-separated per-epoch evaluation metrics "
+                        "(fid,kid,intra_fid,is,cas,visual); default depends on --smoke")
+    p.add_argument("--eval-every", type=int, help="evaluate every k epochs")
+    p.add_argument("--strategies", default="all",
+                   help="classifier study: comma-separated imbalance strategies or 'all'")
+    p.add_argument("--tune", action="store_true",
+                   help="classifier: search its hyper-parameters (lr, batch size, dropout, "
+                        "strategy) with Tune instead of running the strategy study")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial config field (e.g. --set width=0.25); unknown keys fail")
+    return p
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
+    args = build_parser().parse_args(argv)
+    preset = args.preset or DEFAULT_PRESET[args.experiment]
+    if args.experiment != "classifier" and PRESET_FAMILY[preset] != args.experiment:
+        raise ValueError(f"preset {preset!r} is a {PRESET_FAMILY[preset]} system, not "
+                         f"{args.experiment}; {args.experiment} presets: "
+                         f"{', '.join(k for k, v in PRESET_FAMILY.items() if v == args.experiment)}")
+    cfg = SearchConfig(
+        experiment=args.experiment, preset=preset, data=args.data,
+        num_samples=20 if args.num_samples is None else args.num_samples, max_epochs=args.max_epochs,
+        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker, searcher=args.searcher, scheduler=args.scheduler,
+        objective=args.objective, storage=args.storage, mlflow_uri=args.mlflow_uri,
+        name=args.name, resume=args.resume, smoke=args.smoke, seed=args.seed,
+        policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
+        eval_every=args.eval_every, strategies=args.strategies, duplicates=args.duplicates, tune=args.tune,
+        overrides=tuple(args.overrides))
+    budget_given = args.num_samples is not None or args.max_epochs is not None
+    if not cfg.smoke and not budget_given and not _has_gpu():
+        print("No GPU found and no budget given (--num-samples/--max-epochs): running the CPU "
+              "smoke budget. Give a budget, or run on a GPU machine / `ray up cluster.yaml`, "
+              "for a real search.", file=sys.stderr)
+        cfg = replace(cfg, smoke=True)
+    if cfg.smoke and args.num_samples is None:
+        cfg = replace(cfg, num_samples=4)
+    validate(cfg)
+    return cfg
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def validate(cfg: SearchConfig) -> None:
+    """Reject bad values before anything starts (Ray, MLflow, data)."""
+    positive = {"--num-samples": cfg.num_samples, "--max-epochs": cfg.max_epochs,
+                "--max-concurrent": cfg.max_concurrent,
+                "--workers-per-trial": cfg.workers_per_trial, "--eval-every": cfg.eval_every}
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if cfg.gpus_per_worker is not None and cfg.gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
+    objectives = cfg.objectives()
+    if cfg.scheduler == "pbt" and len(objectives) > 1:
+        raise ValueError("--scheduler pbt optimises one objective; give a single --objective")
+    if cfg.scheduler == "pbt" and cfg.searcher == "optuna":
+        # Ray cannot combine OptunaSearch with PBT; PBT explores by itself from random starts.
+        pass
+    for item in cfg.overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    storage = cfg.storage
+    if "://" in storage and not storage.startswith(("s3://", "gs://", "file://", "abfs://")):
+        raise ValueError(f"--storage {storage!r}: use a local path, s3://… or gs://…")
+
+
+def default_name(cfg: SearchConfig) -> str:
+    return f"{cfg.experiment}-{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        cfg = config_from_args(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from orchestrator.driver import ConfigError, run_search
+
+    try:
+        run_search(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

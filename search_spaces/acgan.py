@@ -1,0 +1,9 @@
+"""Search space for the AC-GAN (S0 CXR-ACGAN, S3 CovidGAN): the shared GAN space (`search_spaces.gan`)."""
+from __future__ import annotations
+
+from search_spaces.gan import PBT_MUTATIONS, first_points, space, to_config
+
+FAMILY = "acgan"
+PRESETS = ("s0", "s3")  # the seed systems of this family; the first is the default
+
+__all__ = ["FAMILY", "PRESETS", "PBT_MUTATIONS", "first_points", "space", "to_config"]

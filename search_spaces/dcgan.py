@@ -1,0 +1,9 @@
+"""Search space for the per-class DCGAN (S1 64x64, S4 128x128 minority class): the shared GAN space (`search_spaces.gan`)."""
+from __future__ import annotations
+
+from search_spaces.gan import PBT_MUTATIONS, first_points, space, to_config
+
+FAMILY = "dcgan"
+PRESETS = ("s1", "s4")  # the seed systems of this family; the first is the default
+
+__all__ = ["FAMILY", "PRESETS", "PBT_MUTATIONS", "first_points", "space", "to_config"]

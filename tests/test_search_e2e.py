@@ -1,0 +1,184 @@
+"""End-to-end searches on real data (slow): smoke search, kill-and-resume, multi-node, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def mlflow_runs(uri: str, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment {name}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("cxr.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("cxr.role") == "trial"]
+    return client, parents, children
+
+
+def search_cmd(tmp_path: Path, name: str, data: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.search", "acgan", "--smoke", "--data", str(data),
+            "--name", name, "--storage", str(tmp_path / "ray_results"),
+            "--mlflow-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db", *extra]
+
+
+def env_for(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(CXR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT),
+               RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    return env
+
+
+def test_smoke_search_end_to_end(tmp_path, covid3_dir):
+    """The issue's 'done when': >= 4 trials, ASHA stops one, MLflow parent/children with
+    per-epoch metrics and grids, a ranking table, a tagged best epoch, a registered model."""
+    name = "e2e-smoke"
+    start = time.time()
+    proc = subprocess.run(search_cmd(tmp_path, name, covid3_dir), cwd=tmp_path,
+                          env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
+    elapsed = time.time() - start
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert elapsed < 600, f"smoke search took {elapsed:.0f} s"
+    assert "best: trial" in proc.stdout
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client, parents, children = mlflow_runs(uri, name)
+    assert len(parents) == 1 and len(children) >= 4
+    parent = parents[0]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    epochs = {c.data.tags["cxr.trial_id"]: len(client.get_metric_history(c.info.run_id, "g_loss"))
+              for c in children}
+    assert max(epochs.values()) == 3
+    assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"
+    assert all(c.data.tags.get("stop_reason") is None for c in children
+               if epochs[c.data.tags["cxr.trial_id"]] < 3), "a short trial diverged instead"
+    history = client.get_metric_history(children[0].info.run_id, "g_loss")
+    assert sorted(m.step for m in history) == list(range(len(history)))
+    grids = [a.path for a in client.list_artifacts(children[0].info.run_id, "grids")]
+    assert grids and all(g.endswith(".png") for g in grids)
+    ranking = {a.path for a in client.list_artifacts(parent.info.run_id, "ranking")}
+    assert {"ranking/ranking.csv", "ranking/ranking.parquet"} <= ranking
+    best_trial = parent.data.tags["cxr.best_trial_id"]
+    best_epoch = int(parent.data.tags["cxr.best_epoch"])
+    assert best_trial in epochs and 0 <= best_epoch < epochs[best_trial]
+    version = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
+    assert version.tags["search"] == name and int(version.tags["epoch"]) == best_epoch
+
+
+def _trial_epochs(storage: Path, name: str) -> dict[str, list[int]]:
+    """Epochs each trial reported, in order, from Tune's own result.json files."""
+    out = {}
+    for result_file in (storage / name).glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = [int(r["epoch"]) for r in rows if "epoch" in r]
+    return out
+
+
+def test_kill_and_resume(tmp_path, covid3_dir):
+    name = "e2e-resume"
+    storage = tmp_path / "ray_results"
+    extra = ("--num-samples", "4", "--max-epochs", "4", "--scheduler", "none",
+             "--max-concurrent", "2")
+    proc = subprocess.Popen(search_cmd(tmp_path, name, covid3_dir, *extra), cwd=tmp_path,
+                            env=env_for(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    # Kill once some trial has reported at least one epoch (mid-run).
+    while time.time() < deadline:
+        done = _trial_epochs(storage, name)
+        if sum(len(v) for v in done.values()) >= 3:
+            break
+        assert proc.poll() is None, "search ended before it could be killed"
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    before = _trial_epochs(storage, name)
+    assert before and sum(len(v) for v in before.values()) < 16, "nothing left to resume"
+
+    resumed = subprocess.run(search_cmd(tmp_path, name, covid3_dir, "--resume", *extra),
+                             cwd=tmp_path, env=env_for(tmp_path), capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    after = _trial_epochs(storage, name)
+    assert len(after) == 4, f"expected 4 trials, found {sorted(after)}"
+    for trial_id, epochs in after.items():
+        assert sorted(set(epochs)) == [0, 1, 2, 3], (trial_id, epochs)
+        repeated = sum(n - 1 for n in Counter(epochs).values())
+        assert repeated <= 1, f"trial {trial_id} lost {repeated} epochs: {epochs}"
+    client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
+    assert len(parents) == 1
+    ids = [c.data.tags["cxr.trial_id"] for c in children]
+    assert sorted(ids) == sorted(after), "duplicated or missing MLflow trial runs"
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "g_loss")]
+        assert sorted(steps) == [0, 1, 2, 3], steps
+
+
+def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, covid3_dir,
+                                                                     monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator import driver, search
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address)
+        storage = tmp_path / "shared_storage"
+        cfg = search.config_from_args([
+            "acgan", "--smoke", "--data", str(covid3_dir), "--name", "multinode",
+            "--num-samples", "2", "--max-epochs", "1", "--scheduler", "none",
+            "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+        summary = driver.run_search(cfg)
+        assert summary["trials"] == 2
+        nodes = set()
+        for result_file in (storage / "multinode").glob("*/result.json"):
+            rows = [json.loads(l) for l in result_file.read_text().splitlines() if l.strip()]
+            nodes.update(r["node_id"] for r in rows)
+        assert nodes <= {w.node_id for w in workers} and len(nodes) == 2
+        checkpoints = list((storage / "multinode").glob("*/checkpoint_*/generator.pt"))
+        assert len(checkpoints) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
+    """The Ray Train path: one trial = a 2-worker CPU TorchTrainer (DDP over gloo)."""
+    import ray
+
+    from orchestrator import driver, search
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        storage = tmp_path / "ray_results"
+        cfg = search.config_from_args([
+            "cgan", "--smoke", "--data", str(covid3_dir), "--name", "ddp",
+            "--num-samples", "1", "--max-epochs", "2", "--scheduler", "none",
+            "--execution", "train", "--workers-per-trial", "2",
+            "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+        summary = driver.run_search(cfg)
+        assert summary["trials"] == 1 and summary["best"] is not None
+        assert summary["best"]["checkpoint"].startswith(str(storage))
+        assert list(storage.glob("ddp-train-*/checkpoint_*/generator.pt"))
+    finally:
+        ray.shutdown()

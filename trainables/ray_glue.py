@@ -1,0 +1,205 @@
+"""The only place where trainables meet Ray.
+
+A Tune trial is `trial(config, settings)`:
+- `settings` are the search's fixed settings (experiment, data, budget, evaluation,
+  resources), bound with `tune.with_parameters`;
+- `config` holds the hyper-parameters the searcher chose.
+
+Two execution paths run the *same* training loop (`trainables.gan.train_gan` or
+`trainables.classifier.train_classifier`) and differ only in their `RunContext`:
+- "function": the loop runs inside the Tune trial process (fast path for 1 CPU worker);
+- "train": the trial builds a Ray Train `TorchTrainer` (Train V2) with
+  `ScalingConfig(num_workers, use_gpu)`; each worker runs the loop under DDP and metrics
+  reach Tune through `TuneReportCallback`.  Checkpoints then live in the Train run's
+  storage; the metric `checkpoint_path` says where.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from trainables.context import RunContext
+
+# Keys of `settings` every trial reads.
+RUNNER_KEYS = ("experiment", "execution", "workers_per_trial", "use_gpu", "cpus_per_worker",
+               "gpus_per_worker", "storage", "search_name")
+
+
+def trial(config: dict, settings: dict) -> None:
+    """The Tune trainable: dispatches to the in-process or the Ray Train path."""
+    if settings["execution"] == "train":
+        _run_with_torch_trainer(config, settings)
+    else:
+        _run_in_process(config, settings)
+
+
+# --------------------------------------------------------------------------- function path
+def _run_in_process(config: dict, settings: dict) -> None:
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    run_dir = Path(tempfile.mkdtemp(prefix="cxr-trial-"))
+    resume_dir = None
+    if checkpoint is not None:
+        resume_dir = Path(checkpoint.to_directory(str(run_dir / "resume")))
+
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()  # where the trial ran (multi-node view)
+
+    def report(metrics: dict, epoch_dir: Optional[Path]) -> None:
+        metrics = {**_reportable(metrics), "node_id": node_id}
+        if epoch_dir is None:
+            tune.report(metrics)
+            return
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(epoch_dir)))
+        if epoch_dir.name.startswith("epoch_"):
+            # The GAN loop writes a new directory per epoch and Tune has just copied it into
+            # the search's storage: the local copy is waste.  (The classifier reuses one.)
+            shutil.rmtree(epoch_dir, ignore_errors=True)
+
+    device = torch.device("cuda" if settings["use_gpu"] and torch.cuda.is_available() else "cpu")
+    ctx = RunContext(run_dir=run_dir, device=device, report=report, resume_dir=resume_dir)
+    try:
+        run_loop(config, settings, ctx)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ train path
+def _run_with_torch_trainer(config: dict, settings: dict) -> None:
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_name = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "settings": settings},
+        scaling_config=ScalingConfig(
+            num_workers=settings["workers_per_trial"],
+            use_gpu=settings["use_gpu"],
+            resources_per_worker=_worker_resources(settings),
+        ),
+        # The same name on restore makes Train V2 resume from the run's latest checkpoint.
+        run_config=RunConfig(
+            name=f"{settings['search_name']}-train-{trial_name}",
+            storage_path=settings["storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=1),
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_resources(settings: dict) -> dict:
+    resources = {"CPU": settings["cpus_per_worker"]}
+    if settings["use_gpu"]:
+        resources["GPU"] = settings["gpus_per_worker"]
+    return resources
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker: the same loop, under DDP, rank 0 writes checkpoints."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    run_dir = Path(tempfile.mkdtemp(prefix=f"cxr-worker{rank}-"))
+    checkpoint = ray.train.get_checkpoint()
+    resume_dir = None
+    if checkpoint is not None:
+        resume_dir = Path(checkpoint.to_directory(str(run_dir / "resume")))
+
+    def report(metrics: dict, epoch_dir: Optional[Path]) -> None:
+        # Every rank must call report once per epoch; only rank 0 carries a checkpoint.
+        ckpt = ray.train.Checkpoint.from_directory(str(epoch_dir)) if epoch_dir else None
+        ray.train.report(_reportable(metrics), checkpoint=ckpt)
+
+    ctx = RunContext(
+        run_dir=run_dir,
+        device=ray.train.torch.get_device(),
+        rank=rank,
+        world_size=world,
+        report=report,
+        resume_dir=resume_dir,
+        wrap_model=_ddp_wrapper(world),
+    )
+    try:
+        run_loop(loop_config["config"], loop_config["settings"], ctx)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _ddp_wrapper(world: int) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    import ray.train.torch
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        # prepare_model moves to the worker's device and wraps in DDP when world > 1.  A
+        # per-class DCGAN leaves the sub-network of a class absent from a rank's batch
+        # without gradients, hence find_unused_parameters.
+        if world == 1:
+            return ray.train.torch.prepare_model(module, parallel_strategy=None)
+        return ray.train.torch.prepare_model(
+            module, parallel_strategy="ddp",
+            parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    return wrap
+
+
+# ------------------------------------------------------------------------------ the loop
+def run_loop(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
+    """Build the experiment's objects from (config, settings) and run its training loop."""
+    if settings["experiment"] == "classifier":
+        from trainables.classifier_trial import run_classifier_trial
+
+        return run_classifier_trial(config, settings, ctx)
+    return run_gan_trial(config, settings, ctx)
+
+
+def load_split(settings: dict, split: str, resolution: int, channels: int):
+    """One split of the search's data source, with the search's data options (cached)."""
+    from trainables.data import load_image_set
+
+    return load_image_set(settings["data"], split, resolution=resolution, channels=channels,
+                          seed=settings.get("seed", 0), **settings.get("data_options", {}))
+
+
+def run_gan_trial(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
+    from trainables.gan import GANConfig, train_gan
+
+    cfg = GANConfig.from_dict({**settings["gan"], **config})
+    train = load_split(settings, "train", cfg.resolution, cfg.channels)
+    evaluate = build_gan_evaluator(cfg, settings, ctx) if ctx.is_main else None
+    return train_gan(cfg, train, ctx, evaluate=evaluate)
+
+
+def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext):
+    """The per-epoch evaluator on the real *validation* split (never the test split)."""
+    eval_settings = dict(settings.get("eval") or {})
+    metrics = tuple(eval_settings.pop("metrics", ()))
+    if not metrics:
+        return None
+    from trainables.metrics.evaluator import GanEvaluator
+
+    val = load_split(settings, "val", cfg.resolution, cfg.channels)
+    train = load_split(settings, "train", cfg.resolution, cfg.channels)
+    return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim, device=ctx.device,
+                        seed=cfg.seed, real_train=train, **eval_settings)
+
+
+def _reportable(metrics: dict) -> dict:
+    """Tune results: numbers as floats, strings (e.g. stop_reason) kept as they are."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (bool, int, float)):
+            out[key] = float(value)
+        elif isinstance(value, str):
+            out[key] = value
+    return out
