@@ -13,7 +13,8 @@ from orchestrator.search import SearchConfig, default_name
 from orchestrator import tracking
 
 # CPU smoke budget: what a 2-core laptop finishes in minutes.
-SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval_every": 1}
+SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval_every": 1,
+             "steps_per_epoch": 20}
 SMOKE_EVAL = {"metrics": ("fid", "kid", "cas", "visual"), "n_fake": 48}
 FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual")}
 
@@ -80,7 +81,7 @@ def trial_settings(cfg: SearchConfig, storage: str) -> dict:
     """The fixed part of every trial's config (bound with tune.with_parameters)."""
     settings: dict[str, Any] = {
         "experiment": cfg.experiment, "data": cfg.data, "storage": storage,
-        "data_options": {"duplicates": cfg.duplicates},
+        "data_options": {"duplicates": cfg.duplicates, "skip_bad": cfg.skip_bad},
         "search_name": cfg.name, "seed": cfg.seed, "workers_per_trial": cfg.workers_per_trial,
         "execution": cfg.execution, "use_gpu": False, "gpus_per_worker": 0.0,
         "cpus_per_worker": 1.0,
@@ -326,5 +327,6 @@ def _parent_params(cfg: SearchConfig, settings: dict) -> dict:
         "execution": settings["execution"], "workers_per_trial": cfg.workers_per_trial,
         "gpus_per_worker": settings["gpus_per_worker"], "seed": cfg.seed,
         "search_space_module": space_file.name,
+        **{f"data_options.{k}": v for k, v in settings.get("data_options", {}).items()},
         **{f"base.{k}": v for k, v in (settings.get("gan") or {}).items()},
     }

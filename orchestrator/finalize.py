@@ -21,6 +21,13 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
 
     table = load_epoch_table(cfg.name, cfg.mlflow_uri)
     failed = _failed_trials(results)
+    if table.empty:
+        client.set_tag(parent_run_id, "cxr.best", "none: no trial reported an epoch")
+        client.set_terminated(parent_run_id, "FAILED")
+        summary = {"search": cfg.name, "trials": 0, "failed_trials": failed, "best": None,
+                   "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri}
+        print(format_summary(summary))
+        return summary
     out_dir = Path(tempfile.mkdtemp(prefix="cxr-ranking-"))
     policy = "weighted" if cfg.experiment == "classifier" else cfg.policy
     ranked = ranking.rank(table, policy, None, **policy_options(cfg))
@@ -35,9 +42,24 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
         summary["best"] = None
     else:
         summary.update(_record_best(cfg, client, parent_run_id, best))
+    _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
     return summary
+
+
+def _log_report(cfg, client, parent_run_id: str) -> None:
+    """The researcher's view (figures + report.md), logged on the parent run as `report/`."""
+    from orchestrator.report import write_report
+
+    out = Path(tempfile.mkdtemp(prefix="cxr-report-"))
+    try:
+        report_md = write_report(cfg.name, cfg.mlflow_uri, out)
+    except Exception as exc:  # the search's results stand; say why the report is missing
+        client.set_tag(parent_run_id, "cxr.report_error", f"{type(exc).__name__}: {exc}"[:5000])
+        print(f"warning: report not written ({type(exc).__name__}: {exc})")
+        return
+    client.log_artifacts(parent_run_id, str(report_md.parent), artifact_path="report")
 
 
 def policy_options(cfg) -> dict:

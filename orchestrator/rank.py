@@ -55,6 +55,8 @@ def load_epoch_table(search_name: str, tracking_uri: str = DEFAULT_URI) -> pd.Da
                                        "run_id": run.info.run_id})
                 row["checkpoint"] = value
         verdicts.append(ranking.verdicts_from_tags(trial, tags))
+    if not rows:  # trials exist but none has reported an epoch yet (e.g. mid-search)
+        return pd.DataFrame(columns=["trial_id", "epoch", "run_id"])
     table = pd.DataFrame(list(rows.values())).sort_values(["trial_id", "epoch"])
     return ranking.apply_verdicts(table.reset_index(drop=True), pd.concat(verdicts))
 

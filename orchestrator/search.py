@@ -52,6 +52,7 @@ class SearchConfig:
     eval_every: Optional[int] = None
     strategies: str = "all"
     duplicates: str = "error"  # byte-identical images under two names: error | keep
+    skip_bad: bool = False  # skip unreadable images (listed in skipped.csv), else an error
     tune: bool = False  # classifier: Tune search of hyper-parameters instead of the study
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="byte-identical images under two names (a train/val leak in several "
                         "published sets): error (default) or keep them, recorded in "
                         "duplicates.csv beside the manifest")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable/truncated images instead of stopping; they are "
+                        "printed and listed in skipped.csv beside the manifest")
     p.add_argument("--num-samples", type=int, help="number of trials (default 20; smoke 4)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (default: the preset's)")
     p.add_argument("--max-concurrent", type=int,
@@ -137,6 +141,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
         name=args.name, resume=args.resume, smoke=args.smoke, seed=args.seed,
         policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
         eval_every=args.eval_every, strategies=args.strategies, duplicates=args.duplicates, tune=args.tune,
+        skip_bad=args.skip_bad,
         overrides=tuple(args.overrides))
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():

@@ -121,6 +121,7 @@ def _make_callback_class():
             self._runs: dict[str, str] = {}
             self._last_step: dict[str, int] = {}
             self.checkpoints: dict[tuple[str, int], str] = {}
+            self._protocols: dict[str, str] = {}
 
         # Tune pickles callbacks into its experiment state: keep the client out of it.
         def __getstate__(self):
@@ -171,6 +172,8 @@ def _make_callback_class():
             self._log_metrics(run_id, result, epoch)
             if isinstance(result.get("stop_reason"), str) and result["stop_reason"]:
                 self.client.set_tag(run_id, "stop_reason", result["stop_reason"])
+            if isinstance(result.get("eval_protocol"), str):
+                self._log_protocol(run_id, result["eval_protocol"])
             if result.get("checkpoint_path"):  # Ray Train path: the checkpoint is in Train storage
                 self._record_checkpoint(trial, run_id, epoch, result["checkpoint_path"], None)
 
@@ -187,6 +190,19 @@ def _make_callback_class():
             run_id = self.run_for(trial)
             self.client.set_tag(run_id, "error", _short(getattr(trial, "error_file", "") or "failed"))
             self.client.set_terminated(run_id, "FAILED")
+
+        def _log_protocol(self, run_id: str, text: str) -> None:
+            """The evaluation protocol, once per trial: params `fid_protocol.*` + a JSON file."""
+            if self._protocols.get(run_id) == text:
+                return
+            import json
+
+            self._protocols[run_id] = text
+            self.client.log_text(run_id, text, "eval_protocol.json")
+            existing = self.client.get_run(run_id).data.params
+            for key, value in flatten("fid_protocol", json.loads(text)).items():
+                if key not in existing:  # params are immutable; the first protocol stands
+                    self.client.log_param(run_id, key, _short(value))
 
         def _log_metrics(self, run_id: str, result: dict, epoch: int) -> None:
             from mlflow.entities import Metric

@@ -48,3 +48,31 @@ def _few_threads():
 
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory, covid3_dir):
+    """One real smoke search (AC-GAN, 4 trials, ASHA) and then the classifier study, both
+    in the same MLflow store: shared by the end-to-end, study and notebook tests."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("smoke_store")
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    env = dict(os.environ, CXR_CACHE_DIR=str(root / "cache"), RAY_AUTH_MODE="disabled",
+               PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    common = ["--smoke", "--data", str(covid3_dir), "--duplicates", "keep",
+              "--storage", str(root / "ray_results"), "--mlflow-uri", uri]
+    runs = {}
+    for name, experiment in (("smoke-acgan", "acgan"), ("smoke-study", "classifier")):
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.search", experiment,
+                               "--name", name, *common], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, (name, proc.stdout[-4000:], proc.stderr[-4000:])
+        runs[name] = SimpleNamespace(stdout=proc.stdout, stderr=proc.stderr,
+                                     elapsed=time.time() - start)
+    return SimpleNamespace(root=root, uri=uri, search="smoke-acgan", study="smoke-study",
+                           runs=runs, env=env)

@@ -173,3 +173,17 @@ def test_label_smoothing_and_label_flipping_change_the_losses(covid3_32):
     assert d_smooth != d0 and np.isfinite(d_smooth)
     # without flipping G minimises log(1 - D(G(z))) = -BCE(fake, 0): the source part is negative
     assert g_minimax < g0
+
+
+def test_steps_per_epoch_caps_batches_and_resume_stays_exact(covid3_small, tmp_path):
+    """S0 trained a fixed 460 steps per epoch; the cap must keep the slow-D schedule and
+    resume exact (the global batch counter advances by the capped count)."""
+    cfg = GANConfig(family="cgan", width=0.0625, epochs=2, batch_size=8, steps_per_epoch=3,
+                    g_steps_per_d=2, grid_per_class=2)
+    full = train_gan(cfg, covid3_small, standalone_context(tmp_path / "a"))
+    assert [r["g_steps"] for r in full] == [3.0, 3.0]
+    assert [r["d_steps"] for r in full] == [1.0, 2.0]  # global batches 1 | 3, 5 (K=2)
+    first = train_gan(cfg.replace(epochs=1), covid3_small, standalone_context(tmp_path / "b"))
+    resumed = train_gan(cfg, covid3_small, standalone_context(
+        tmp_path / "c", resume_dir=tmp_path / "b" / "epoch_0000"))
+    assert first[0]["g_loss"] == full[0]["g_loss"] and resumed[-1]["g_loss"] == full[1]["g_loss"]

@@ -176,8 +176,28 @@ def run_gan_trial(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
 
     cfg = GANConfig.from_dict({**settings["gan"], **config})
     train = load_split(settings, "train", cfg.resolution, cfg.channels)
-    evaluate = build_gan_evaluator(cfg, settings, ctx) if ctx.is_main else None
-    return train_gan(cfg, train, ctx, evaluate=evaluate)
+    evaluator = build_gan_evaluator(cfg, settings, ctx) if ctx.is_main else None
+    if evaluator is not None:
+        ctx = with_protocol(ctx, evaluator)
+    return train_gan(cfg, train, ctx, evaluate=evaluator)
+
+
+def with_protocol(ctx: RunContext, evaluator) -> RunContext:
+    """Reports carry the evaluation protocol (extractor, weights hash, dims, N, resize, and
+    why a metric was skipped) as a JSON string, so it is recorded beside every score."""
+    import dataclasses
+    import json
+
+    report = ctx.report
+
+    def report_with_protocol(metrics: dict, epoch_dir: Optional[Path]) -> None:
+        protocol = getattr(evaluator, "protocol", None)
+        if protocol:
+            metrics = {**metrics, "eval_protocol": json.dumps(protocol, sort_keys=True,
+                                                              default=str)}
+        report(metrics, epoch_dir)
+
+    return dataclasses.replace(ctx, report=report_with_protocol)
 
 
 def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext):

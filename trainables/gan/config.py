@@ -27,6 +27,7 @@ class GANConfig:
     embed_dim: int = 50                   # label embedding size (AC-GAN, cGAN)
     batch_size: int = 32
     epochs: int = 3
+    steps_per_epoch: Optional[int] = None  # cap on batches per epoch (S0: 460); None = full pass
     optimizer: str = "adam"               # "adam" | "sgd"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -98,6 +99,8 @@ def _problems(c: GANConfig) -> list[str]:
         (c.embed_dim >= 1, f"embed_dim={c.embed_dim} must be >= 1"),
         (c.batch_size >= 2, f"batch_size={c.batch_size} must be >= 2 (BatchNorm needs 2)"),
         (c.epochs >= 1, f"epochs={c.epochs} must be >= 1"),
+        (c.steps_per_epoch is None or c.steps_per_epoch >= 1,
+         f"steps_per_epoch={c.steps_per_epoch} must be None (full pass) or >= 1"),
         (c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r}: choose one of {OPTIMIZERS}"),
         (c.lr_g > 0 and c.lr_d > 0, f"lr_g={c.lr_g}, lr_d={c.lr_d}: learning rates must be > 0"),
         (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1, f"beta1={c.beta1}, beta2={c.beta2} must be in [0, 1)"),

@@ -1,6 +1,7 @@
 """`train_gan`: the GAN trainable, written once against `RunContext` (standalone or Ray Train)."""
 from __future__ import annotations
 
+import itertools
 import random
 import warnings
 from pathlib import Path
@@ -115,7 +116,8 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         loader.sampler.set_epoch(epoch)
         Gw.train(); Dw.train()
         lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
-        m = train_epoch(Gw, Dw, opt_g, opt_d, _to_device(loader, dev), cfg, iteration)
+        batches = itertools.islice(_to_device(loader, dev), cfg.steps_per_epoch)
+        m = train_epoch(Gw, Dw, opt_g, opt_d, batches, cfg, iteration)
         iteration += int(m.pop("batches"))
         m = _mean_across_ranks(m, ctx)
         m = {"epoch": float(epoch), **m, **lrs}
