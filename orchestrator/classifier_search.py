@@ -27,6 +27,8 @@ def champion_checkpoint(tracking_uri: str) -> Optional[tuple[str, Path]]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.finalize import generator_artifact
+
     client = MlflowClient(tracking_uri)
     found = []
     for family in GAN_FAMILIES:
@@ -37,10 +39,8 @@ def champion_checkpoint(tracking_uri: str) -> Optional[tuple[str, Path]]:
     if not found:
         return None
     version = max(found, key=lambda v: v.creation_timestamp)
-    run_id, epoch = version.tags["source_run_id"], int(version.tags["epoch"])
-    local = client.download_artifacts(run_id, f"best_generator_epoch_{epoch:04d}/generator.pt",
-                                      tempfile.mkdtemp(prefix="cxr-champion-"))
-    return f"models:/{version.name}@{CHAMPION} (v{version.version})", Path(local)
+    spec = f"{version.name}@{CHAMPION}"
+    return f"models:/{spec} (v{version.version})", generator_artifact(spec, tracking_uri)
 
 
 def run_classifier_study(cfg) -> dict:

@@ -143,11 +143,16 @@ def experiment_space(experiment: str):
 def _preflight_data(settings: dict) -> None:
     """Build the manifest and the decoded cache once, here, so every trial memory-maps it."""
     from trainables.data import DataError
+    from trainables.data.default import resolve_default
     from trainables.ray_glue import load_split
 
     gan = settings.get("gan") or settings.get("classifier") or {}
     resolution, channels = gan.get("resolution", 64), gan.get("channels", 1)
     try:
+        if settings["data"] == "default":
+            # Resolve once here (cache, download or stand-in): trials get the file itself,
+            # and MLflow records which one it was.
+            settings["data"] = str(resolve_default(resolution))
         train = load_split(settings, "train", resolution, channels)
         load_split(settings, "val", resolution, channels)
     except (DataError, FileNotFoundError) as exc:
@@ -314,14 +319,14 @@ def _scheduler(cfg, metric, mode, epochs, space_module, own_metric=False):
             time_attr="training_iteration", perturbation_interval=max(1, epochs // 4),
             hyperparam_mutations={k: tune.uniform(lo, hi)
                                   for k, (lo, hi) in space_module.PBT_MUTATIONS.items()},
-            seed=cfg.seed)
+            )
     return FIFOScheduler()
 
 
 def _parent_params(cfg: SearchConfig, settings: dict) -> dict:
     space_file = Path(sys.modules[experiment_space(cfg.experiment).__name__].__file__)
     return {
-        "experiment": cfg.experiment, "preset": cfg.preset, "data": cfg.data,
+        "experiment": cfg.experiment, "preset": cfg.preset, "data": settings["data"],
         "searcher": cfg.searcher, "scheduler": cfg.scheduler, "objective": cfg.objective or "",
         "policy": cfg.policy, "num_samples": cfg.num_samples, "smoke": cfg.smoke,
         "execution": settings["execution"], "workers_per_trial": cfg.workers_per_trial,

@@ -41,7 +41,7 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
         client.set_tag(parent_run_id, "cxr.best", "none: no epoch could be ranked")
         summary["best"] = None
     else:
-        summary.update(_record_best(cfg, client, parent_run_id, best))
+        summary.update(_record_best(cfg, settings, client, parent_run_id, best))
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
@@ -91,7 +91,7 @@ def _best_row(ranked) -> Optional[dict]:
         return None
 
 
-def _record_best(cfg, client, parent_run_id: str, best: dict) -> dict:
+def _record_best(cfg, settings: dict, client, parent_run_id: str, best: dict) -> dict:
     trial_id, epoch = str(best["trial_id"]), int(best["epoch"])
     run = _trial_run(client, cfg.name, parent_run_id, trial_id)
     metrics = {k: float(v) for k, v in best.items()
@@ -107,12 +107,35 @@ def _record_best(cfg, client, parent_run_id: str, best: dict) -> dict:
     registered = None
     if checkpoint and cfg.experiment != "classifier":
         registered = register_generator(cfg, run.info.run_id, checkpoint, epoch)
+        _log_tsne(settings, client, parent_run_id, checkpoint, f"trial {trial_id}, epoch {epoch}")
     note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
     client.set_tag(parent_run_id, "mlflow.note.content", note)
     return {"best": {"trial_id": trial_id, "epoch": epoch, "run_id": tags["cxr.best_run_id"],
                      "checkpoint": checkpoint, "metrics": metrics,
                      "reason": best.get("reason", "")},
             "registered_model": registered}
+
+
+def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title: str) -> None:
+    """S0's stage 4: t-SNE of real validation vs the best generator's features (`tsne/`)."""
+    from trainables.gan import load_generator
+    from trainables.metrics.evaluator import GanEvaluator
+    from trainables.ray_glue import load_split
+
+    blob = tracking.read_checkpoint_file(checkpoint, "generator.pt")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            (Path(tmp) / "generator.pt").write_bytes(blob or b"")
+            G, gan_cfg, _ = load_generator(Path(tmp) / "generator.pt")
+            val = load_split(settings, "val", gan_cfg.resolution, gan_cfg.channels)
+            evaluator = GanEvaluator(val, metrics=("fid",), latent_dim=gan_cfg.latent_dim,
+                                     seed=gan_cfg.seed,
+                                     n_fake=(settings.get("eval") or {}).get("n_fake"))
+            png = evaluator.tsne(G, Path(tmp) / "tsne_best_epoch.png", title=f"t-SNE, {title}")
+        except Exception as exc:  # no Inception weights, unreadable checkpoint: say so
+            client.set_tag(parent_run_id, "cxr.tsne_skipped", f"{type(exc).__name__}: {exc}"[:5000])
+            return
+        client.log_artifact(parent_run_id, str(png), artifact_path="tsne")
 
 
 def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
@@ -195,3 +218,38 @@ def format_summary(summary: dict) -> str:
                  f"'{summary['search']}' -> parent run '{summary['search']}' (best run linked "
                  "in its description)")
     return "\n".join(lines)
+
+
+def generator_artifact(spec: str, tracking_uri: str, dst: Optional[str] = None) -> Path:
+    """The generator.pt behind a registered model or a run, downloaded locally.
+
+    spec: `NAME` (alias champion), `NAME@ALIAS`, `NAME/VERSION`, `models:/…` of those, or
+    `runs:/RUN_ID` (the best generator logged in that trial run)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    dst = dst or tempfile.mkdtemp(prefix="cxr-generator-")
+    text = spec[len("models:/"):] if spec.startswith("models:/") else spec
+    try:
+        if text.startswith("runs:/"):
+            run_id = text[len("runs:/"):].strip("/")
+            logged = [a.path for a in client.list_artifacts(run_id)
+                      if a.is_dir and a.path.startswith("best_generator_epoch_")]
+            if not logged:
+                raise LookupError(f"run {run_id} has no best_generator_epoch_*/generator.pt: "
+                                  "it is not the best trial of a finished search")
+            return Path(client.download_artifacts(run_id, f"{sorted(logged)[-1]}/generator.pt", dst))
+        if "@" in text:
+            name, alias = text.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif "/" in text:
+            name, number = text.split("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            version = client.get_model_version_by_alias(text, CHAMPION)
+    except MlflowException as exc:
+        raise LookupError(f"{spec!r} not found in MLflow at {tracking_uri}: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    run_id, epoch = version.tags["source_run_id"], int(version.tags["epoch"])
+    return Path(client.download_artifacts(run_id, f"best_generator_epoch_{epoch:04d}/generator.pt", dst))

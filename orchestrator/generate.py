@@ -8,6 +8,7 @@ The output folder has the folder-per-class layout `trainables.data.load_image_se
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -56,14 +57,28 @@ def export_synthetic(checkpoint: str | Path, per_class: int, out: str | Path, *,
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m orchestrator.generate", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="generator.pt, state.pt or an epoch dir")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="generator.pt, state.pt or an epoch dir")
+    source.add_argument("--model", help="a registered generator: NAME (alias champion), "
+                        "NAME@ALIAS, NAME/VERSION, or runs:/RUN_ID of a search's best trial")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlruns/mlflow.db",
+                   help="where --model is looked up")
     p.add_argument("--per-class", type=int, required=True, help="images per class")
     p.add_argument("--out", required=True, help="output folder (created; must hold no export)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=None, help="resize to this size (default: the GAN's)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    manifest = export_synthetic(a.checkpoint, a.per_class, a.out, seed=a.seed,
+    checkpoint = a.checkpoint
+    if a.model:
+        from orchestrator.finalize import generator_artifact
+
+        try:
+            checkpoint = generator_artifact(a.model, a.mlflow_uri)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    manifest = export_synthetic(checkpoint, a.per_class, a.out, seed=a.seed,
                                 resolution=a.resolution, device=a.device)
     print(f"wrote {manifest}")
     return 0

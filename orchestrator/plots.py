@@ -147,11 +147,15 @@ def hparams_vs_objective(params: pd.DataFrame, objective_by_trial: pd.Series, ob
 
 
 def _as_positions(values: pd.Series) -> tuple[np.ndarray, Optional[list[str]]]:
+    # A conditional hyper-parameter (beta1 only for Adam, t_0 only for warm restarts) is
+    # missing in some trials: NaN there, not a reason to treat the numbers as categories.
+    present = values.notna()
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all():
+    if present.any() and numeric[present].notna().all():
         return numeric.to_numpy(dtype=float), None
-    labels = sorted(values.astype(str).unique())
-    return values.astype(str).map({v: i for i, v in enumerate(labels)}).to_numpy(float), labels
+    text = values.map(lambda v: "n/a" if pd.isna(v) else str(v))
+    labels = sorted(text.unique())
+    return text.map({v: i for i, v in enumerate(labels)}).to_numpy(float), labels
 
 
 def _log_scale(name: str, x: np.ndarray) -> bool:

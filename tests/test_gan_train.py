@@ -187,3 +187,14 @@ def test_steps_per_epoch_caps_batches_and_resume_stays_exact(covid3_small, tmp_p
     resumed = train_gan(cfg, covid3_small, standalone_context(
         tmp_path / "c", resume_dir=tmp_path / "b" / "epoch_0000"))
     assert first[0]["g_loss"] == full[0]["g_loss"] and resumed[-1]["g_loss"] == full[1]["g_loss"]
+
+
+def test_resume_with_a_new_learning_rate_applies_it(covid3_small, tmp_path):
+    """PBT restarts a trial from another trial's checkpoint with mutated rates: the restored
+    optimizer state must not silently bring the old learning rate back."""
+    cfg = GANConfig(family="acgan", width=0.0625, epochs=1, batch_size=16, grid_per_class=2,
+                    lr_g=2e-4, lr_d=2e-4)
+    train_gan(cfg, covid3_small, standalone_context(tmp_path / "a"))
+    resumed = train_gan(cfg.replace(epochs=2, lr_g=1e-3), covid3_small, standalone_context(
+        tmp_path / "b", resume_dir=tmp_path / "a" / "epoch_0000"))
+    assert resumed[-1]["lr_g"] == pytest.approx(1e-3) and resumed[-1]["lr_d"] == pytest.approx(2e-4)

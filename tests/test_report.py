@@ -243,3 +243,17 @@ def test_plots_reject_tables_without_the_metric():
         plots.loss_curves(table)
     with pytest.raises(ValueError, match="cas_acc"):
         plots.pareto_front(table, ("fid", "min"), ("cas_acc", "max"))
+
+
+def test_conditional_hyper_parameters_are_plotted():
+    """Optuna's conditional branches leave a parameter missing in some trials (beta1 only
+    with Adam): numbers stay numbers, categories get an "n/a" tick; neither may crash."""
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.plots import _as_positions
+
+    x, ticks = _as_positions(pd.Series(["0.5", None, "0.9"], dtype=object))
+    assert ticks is None and x[0] == 0.5 and np.isnan(x[1]) and x[2] == 0.9
+    x, ticks = _as_positions(pd.Series(["adam", np.nan, "sgd"]))
+    assert ticks == ["adam", "n/a", "sgd"] and list(x) == [0.0, 1.0, 2.0]

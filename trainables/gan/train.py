@@ -171,7 +171,23 @@ def _resume(resume_dir: Path, cfg: GANConfig, classes: tuple[str, ...], G: nn.Mo
             sched.load_state_dict(ck[key])
     guard.load_state_dict(ck["guard"])
     set_rng_state(ck["rng"])
+    saved = GANConfig.from_dict(ck["config"])
+    for opt, sched, old, new in ((opt_g, sched_g, saved.lr_g, cfg.lr_g),
+                                 (opt_d, sched_d, saved.lr_d, cfg.lr_d)):
+        if new != old:  # PBT exploit/explore: continue from the weights with the new rate
+            _rescale_lr(opt, sched, new / old)
     return int(ck["epoch"]) + 1, int(ck["iteration"])
+
+
+def _rescale_lr(opt: torch.optim.Optimizer, sched, factor: float) -> None:
+    """Multiply the current and base learning rates, keeping the scheduler's phase."""
+    for group in opt.param_groups:
+        group["lr"] *= factor
+        if "initial_lr" in group:
+            group["initial_lr"] *= factor
+    if sched is not None:
+        sched.base_lrs = [lr * factor for lr in sched.base_lrs]
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 def _mean_across_ranks(m: dict[str, float], ctx: RunContext) -> dict[str, float]:
