@@ -76,10 +76,9 @@ def policy_options(cfg) -> dict:
 
 
 def _failed_trials(results) -> list[str]:
-    try:
-        return [r.metrics.get("trial_id", "?") for r in results if r.error is not None]
-    except Exception:  # a ResultGrid that cannot be iterated has no failures to list
-        return []
+    """Trials that kept failing after their retries (a failed trial may never have reported)."""
+    return [str((r.metrics or {}).get("trial_id") or Path(str(r.path)).name)
+            for r in results if r.error is not None]
 
 
 def _best_row(ranked) -> Optional[dict]:

@@ -220,3 +220,30 @@ def test_generate_exports_the_registered_generator(smoke_store, tmp_path, monkey
     assert all((out / p).exists() or Path(p).exists() for p in manifest["path"])
     assert generate.main(["--model", "no-such-model", "--mlflow-uri", smoke_store.uri,
                           "--per-class", "2", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_failing_trials_are_retried_then_recorded_while_the_search_goes_on(tmp_path, covid3_dir):
+    """60 real training images: trials whose searched batch size (64, 128) exceeds them raise
+    in every attempt (FailureConfig retries them), are recorded as failed, the others finish."""
+    import shutil
+
+    data = tmp_path / "tiny"
+    for split, n in (("train", 20), ("val", 3)):
+        for cls in ("Covid", "Normal", "Viral Pneumonia"):
+            target = data / split / cls
+            target.mkdir(parents=True)
+            files = sorted((covid3_dir / split / cls).iterdir())[:n]
+            for f in files:
+                shutil.copy(f, target / f.name)
+    name = "e2e-failures"
+    proc = subprocess.run(
+        search_cmd(tmp_path, name, data, "--num-samples", "6", "--max-epochs", "1",
+                   "--scheduler", "none", "--eval-metrics", "visual", "--objective", "g_loss"),
+        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "failed trials:" in proc.stdout
+    assert "fewer than batch_size" in proc.stdout + proc.stderr
+    client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
+    status = Counter(c.info.status for c in children)
+    assert status["FAILED"] >= 1 and status["FINISHED"] >= 1, status
+    assert len(children) == 6, "a retried trial must keep its one MLflow run"
