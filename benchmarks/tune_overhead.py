@@ -1,7 +1,7 @@
 """Tune overhead and random-vs-Optuna at equal budget.
 
     python benchmarks/tune_overhead.py --data ../shared/data/covid19-image-dataset \
-        --trials 4 --epochs 2 [--compare-searchers 8]
+        --duplicates keep --trials 4 --epochs 2 [--compare-searchers 8]
 
 1. The same N trainings (the search space's first N Optuna suggestions, seeded) run
    (a) one after another in a plain Python loop, (b) through the orchestrator (Ray Tune,
@@ -55,7 +55,8 @@ def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple
     from orchestrator import driver, search
 
     cfg = search.config_from_args([
-        "acgan", "--smoke", "--data", args.data, "--name", name, "--storage",
+        "acgan", "--smoke", "--data", args.data, "--duplicates", args.duplicates,
+        "--name", name, "--storage",
         str(work / "ray_results"), "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
         "--max-epochs", str(args.epochs), *extra])
     start = time.perf_counter()
@@ -66,6 +67,8 @@ def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/covid19-image-dataset")
+    parser.add_argument("--duplicates", choices=("error", "keep"), default="error",
+                        help="as the search's --duplicates (the covid19 set needs keep)")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--compare-searchers", type=int, default=0, metavar="K")
@@ -78,7 +81,8 @@ def main(argv=None) -> None:
     from search_spaces import acgan
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
-    cfg = search.config_from_args(["acgan", "--smoke", "--data", args.data, "--max-epochs",
+    cfg = search.config_from_args(["acgan", "--smoke", "--data", args.data,
+                                   "--duplicates", args.duplicates, "--max-epochs",
                                    str(args.epochs), "--name", "bench", "--storage", str(work)])
     settings = driver.trial_settings(cfg, str(work))
     driver._preflight_data(settings)
