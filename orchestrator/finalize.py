@@ -35,7 +35,7 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
         client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
     summary: dict[str, Any] = {"search": cfg.name, "trials": int(table["trial_id"].nunique())
                                if len(table) else 0, "failed_trials": failed,
-                               "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri}
+                               "policy": policy, "mlflow_uri": cfg.mlflow_uri}
     best = _best_row(ranked)
     if best is None:
         client.set_tag(parent_run_id, "cxr.best", "none: no epoch could be ranked")

@@ -247,3 +247,21 @@ def test_failing_trials_are_retried_then_recorded_while_the_search_goes_on(tmp_p
     status = Counter(c.info.status for c in children)
     assert status["FAILED"] >= 1 and status["FINISHED"] >= 1, status
     assert len(children) == 6, "a retried trial must keep its one MLflow run"
+
+
+def test_classifier_tune_search(tmp_path, covid3_dir):
+    """`search classifier --tune`: the classifier trainable under Tune + Optuna, ranked on
+    the validation objective, recorded like the GAN searches."""
+    name = "e2e-classifier-tune"
+    cmd = search_cmd(tmp_path, name, covid3_dir, "--num-samples", "2", "--max-epochs", "1")
+    cmd[cmd.index("acgan")] = "classifier"
+    proc = subprocess.run([*cmd, "--tune"], cwd=tmp_path, env=env_for(tmp_path),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "policy weighted" in proc.stdout and "val_macro_f1=" in proc.stdout
+    client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
+    assert len(parents) == 1 and len(children) == 2
+    for child in children:
+        assert client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert child.data.params.get("evaluate_test", "False") == "False"  # never the test split
+    assert parents[0].data.tags["cxr.best_trial_id"] in {c.data.tags["cxr.trial_id"] for c in children}
