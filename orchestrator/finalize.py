@@ -109,9 +109,12 @@ def _record_best(cfg, settings: dict, client, parent_run_id: str, best: dict) ->
         _log_tsne(settings, client, parent_run_id, checkpoint, f"trial {trial_id}, epoch {epoch}")
     note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
     client.set_tag(parent_run_id, "mlflow.note.content", note)
+    lineage = best.get("lineage") if isinstance(best.get("lineage"), str) else ""
+    if "<-" in lineage:  # PBT: the best weights descend from other trials' checkpoints
+        client.set_tag(parent_run_id, "cxr.best_lineage", lineage)
     return {"best": {"trial_id": trial_id, "epoch": epoch, "run_id": tags["cxr.best_run_id"],
                      "checkpoint": checkpoint, "metrics": metrics,
-                     "reason": best.get("reason", "")},
+                     "reason": best.get("reason", ""), "lineage": lineage},
             "registered_model": registered}
 
 
@@ -206,6 +209,8 @@ def format_summary(summary: dict) -> str:
         lines.append("no epoch could be ranked (see the trials' stop_reason tags in MLflow)")
     else:
         lines.append(f"best: trial {best['trial_id']}, epoch {best['epoch']}  ({best['reason']})")
+        if "<-" in best.get("lineage", ""):
+            lines.append(f"  lineage (PBT): {best['lineage']}")
         keys = [k for k in ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "g_loss",
                             "d_fake_acc", "val_macro_f1", "val_accuracy")
                 if k in best["metrics"]]

@@ -54,6 +54,11 @@ def load_epoch_table(search_name: str, tracking_uri: str = DEFAULT_URI) -> pd.Da
                                       {"trial_id": trial, "epoch": int(key.split("_")[-1]),
                                        "run_id": run.info.run_id})
                 row["checkpoint"] = value
+            elif key.startswith("lineage.epoch_"):
+                row = rows.setdefault((trial, int(key.split("_")[-1])),
+                                      {"trial_id": trial, "epoch": int(key.split("_")[-1]),
+                                       "run_id": run.info.run_id})
+                row["resumed_from"] = value
         verdicts.append(ranking.verdicts_from_tags(trial, tags))
     if not rows:  # trials exist but none has reported an epoch yet (e.g. mid-search)
         return pd.DataFrame(columns=["trial_id", "epoch", "run_id"])

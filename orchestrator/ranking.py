@@ -236,7 +236,37 @@ def rank(table: pd.DataFrame, policy: str, verdicts: pd.DataFrame | None = None,
     funcs = {"staged": staged, "pareto": pareto, "weighted": weighted}
     if policy not in funcs:
         raise ValueError(f"unknown ranking policy {policy!r}; choose one of {POLICIES}")
-    return funcs[policy](apply_verdicts(table, verdicts), **options)
+    return add_lineage(funcs[policy](apply_verdicts(table, verdicts), **options))
+
+
+def add_lineage(table: pd.DataFrame) -> pd.DataFrame:
+    """A `lineage` column: under PBT an epoch's weights descend from other trials'
+    checkpoints ("b@3 <- a@1": trial b's epoch 3 continued from trial a's epoch 1).
+
+    Needs `checkpoint` (each row's checkpoint path) and `resumed_from` (the foreign checkpoint
+    a trial restarted from, at the first epoch after the restart); without them, unchanged."""
+    if "resumed_from" not in table.columns or "checkpoint" not in table.columns:
+        return table
+    owner = {path: (t, int(e)) for t, e, path in
+             zip(table["trial_id"], table["epoch"], table["checkpoint"]) if isinstance(path, str)}
+    switches: dict[str, list[tuple[int, str]]] = {}
+    for t, e, origin in zip(table["trial_id"], table["epoch"], table["resumed_from"]):
+        if isinstance(origin, str):
+            switches.setdefault(t, []).append((int(e), origin))
+
+    def chain(trial: str, epoch: int, seen: int = 0) -> list[str]:
+        here = f"{trial}@{epoch}"
+        before = sorted(s for s in switches.get(trial, []) if s[0] <= epoch)
+        if not before or seen > len(table):
+            return [here]
+        start, origin = before[-1]
+        if origin not in owner:
+            return [here, f"<{origin}>"]
+        return [here, *chain(*owner[origin], seen + 1)]
+
+    out = table.copy()
+    out["lineage"] = [" <- ".join(chain(t, int(e))) for t, e in zip(out["trial_id"], out["epoch"])]
+    return out
 
 
 def best(ranked: pd.DataFrame) -> pd.Series:

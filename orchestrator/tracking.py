@@ -166,6 +166,13 @@ def _make_callback_class():
         def on_trial_result(self, iteration, trials, trial, result, **info):
             run_id = self.run_for(trial)
             epoch = int(result.get("epoch", result.get("training_iteration", 1) - 1))
+            if isinstance(result.get("resumed_from"), str):
+                # PBT exploit: from here on this trial continues another trial's weights;
+                # epochs it had already logged are superseded, not replays.
+                self.client.set_tag(run_id, f"lineage.epoch_{epoch:04d}", result["resumed_from"])
+                self._last_step[run_id] = min(self._last_step.get(run_id, -1), epoch - 1)
+                for key in [k for k in self.checkpoints if k[0] == trial.trial_id and k[1] >= epoch]:
+                    del self.checkpoints[key]
             if epoch <= self._last_step.get(run_id, -1):
                 return  # replayed after a resume: already recorded
             self._last_step[run_id] = epoch

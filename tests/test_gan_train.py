@@ -198,3 +198,25 @@ def test_resume_with_a_new_learning_rate_applies_it(covid3_small, tmp_path):
     resumed = train_gan(cfg.replace(epochs=2, lr_g=1e-3), covid3_small, standalone_context(
         tmp_path / "b", resume_dir=tmp_path / "a" / "epoch_0000"))
     assert resumed[-1]["lr_g"] == pytest.approx(1e-3) and resumed[-1]["lr_d"] == pytest.approx(2e-4)
+
+
+def test_acgan_class_check_compares_d_head_with_a_reference_classifier(covid3_dir, covid3_32,
+                                                                       tmp_path):
+    """AC-GAN's own class head on the fakes vs a classifier trained on real images: the
+    evaluator gets D's head from the training loop, and both numbers reach the report."""
+    from trainables.metrics import GanEvaluator
+
+    val = load_image_set(covid3_dir, "val", resolution=32, channels=1,
+                         cache_dir=tmp_path / "cache", duplicates="keep")
+    ev = GanEvaluator(val, metrics=("visual",), n_fake=30, cas_epochs=2, device="cpu",
+                      real_train=covid3_32, latent_dim=GANConfig().latent_dim)
+    cfg = GANConfig(family="acgan", width=0.0625, epochs=1, batch_size=32, steps_per_epoch=2)
+    (r,) = train_gan(cfg, covid3_32, standalone_context(tmp_path), evaluate=ev)
+    assert {"aux_class_acc", "aux_fake_class_acc", "ref_class_acc", "class_confusion"} <= set(r)
+    assert 0 <= r["aux_fake_class_acc"] <= 1 and 0 <= r["ref_class_acc"] <= 1
+    assert r["class_confusion"] == pytest.approx(r["aux_fake_class_acc"] - r["ref_class_acc"])
+    # families without a class head get the reference check only
+    (r,) = train_gan(GANConfig(family="cgan", width=0.0625, epochs=1, batch_size=32,
+                               steps_per_epoch=2), covid3_32, standalone_context(tmp_path / "c"),
+                     evaluate=ev)
+    assert "ref_class_acc" in r and "class_confusion" not in r

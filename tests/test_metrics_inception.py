@@ -61,6 +61,13 @@ def test_fid_separates_real_from_degraded_real(covid3):
     assert fid["blur"] > 2 * fid["val"] and fid["noise"] > 2 * fid["val"]
     assert kids["blur"].ci_low > kids["val"].ci_high and kids["noise"].ci_low > kids["val"].ci_high
     assert protocol["weights_sha256"] and protocol["dims"] == 2048
+    # N = 30 < d = 2048: the fast path is the low-rank one; on these real features it agrees
+    # with the eigen-decomposition of the full (singular) covariances.
+    from trainables.metrics.frechet import trace_sqrt_product_eig, trace_sqrt_product_lowrank
+    for k in ("val", "blur"):
+        low = trace_sqrt_product_lowrank(f["train"], f[k])
+        full = trace_sqrt_product_eig(feature_statistics(f["train"])[1], feature_statistics(f[k])[1])
+        assert abs(low - full) / full <= 1e-6, (k, low, full)
 
 
 @pytest.mark.slow
@@ -77,21 +84,30 @@ def test_exact_frechet_agrees_with_pytorch_fid_on_real_64d_features(covid3):
     assert ref > 0 and abs(ours - ref) / ref <= 1e-6
 
 
-def test_offline_768d_is_the_pre_aux_block():
-    """The TorchScript is sequential in TF layer order; mixed_7 is the last 17x17x768 block
-    before the stride-2 reduction (pytorch-fid's block 2, Mixed_6e), and running the layers
-    one by one reproduces forward() exactly."""
+def test_offline_blocks_are_pytorch_fids_blocks():
+    """pytorch-fid's own `InceptionV3`, loaded with the TorchScript's weights, reproduces the
+    TorchScript's 2048-d output (so the weights pair up), and its block 2 (pre-aux, 768-d)
+    and blocks 0/1 equal what the offline extractor reads from mixed_7 / pool0 / pool1."""
+    from unittest import mock
+
+    from pytorch_fid import inception as pfi
+
+    from trainables.metrics.features import pytorch_fid_state_from_torchscript
+
     ex = load_extractor("tf-inception-torchscript", dims=2048, device="cpu")
-    x = tf_bilinear(torch.rand(2, 3, 64, 64) * 255) / 128 - 1
-    shapes, y = {}, x
+    state = pytorch_fid_state_from_torchscript(ex.net)
+    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+        ref = pfi.InceptionV3(output_blocks=[0, 1, 2, 3], resize_input=False,
+                              normalize_input=False, use_fid_inception=True).eval()
+    images = (torch.rand(2, 64, 64, 3) * 255).to(torch.uint8).numpy()
+    x = tf_bilinear(torch.from_numpy(images).permute(0, 3, 1, 2).float()) / 128 - 1
     with torch.no_grad():
-        for name, layer in ex.net.net.layers.named_children():
-            y = layer(y)
-            shapes[name] = tuple(y.shape[1:])
-        full = ex.net(x)
-    assert shapes["pool0"] == (64, 73, 73) and shapes["pool1"] == (192, 35, 35)
-    assert shapes["mixed_7"] == (768, 17, 17) and shapes["mixed_8"][1:] == (8, 8)
-    assert torch.equal(y.flatten(1), full)
+        blocks = [F.adaptive_avg_pool2d(b, 1).flatten(1).double() for b in ref(x)]
+    for dims, block in zip((64, 192, 768, 2048), blocks):
+        ours = torch.from_numpy(load_extractor("tf-inception-torchscript", dims=dims,
+                                               device="cpu").features(images)[0])
+        assert ours.shape == block.shape
+        assert torch.allclose(ours, block, rtol=1e-4, atol=1e-5), dims
 
 
 class _NoisyCopyG(torch.nn.Module):

@@ -134,3 +134,28 @@ def test_cli_reranks_a_stored_search(tmp_path):
         assert rejected == {("b", 1), ("b", 2)} and out["reason"].notna().all()
     with pytest.raises(LookupError, match="no search named"):
         load_epoch_table("nope", uri)
+
+
+def test_lineage_follows_pbt_checkpoints():
+    """b restarted at epoch 2 from a's epoch-1 checkpoint, and c at epoch 3 from b's epoch 2:
+    c's epoch 3 descends from a's epoch 1 through b."""
+    import pandas as pd
+
+    from orchestrator.ranking import add_lineage, rank
+
+    rows = []
+    for trial in ("a", "b", "c"):
+        for epoch in range(4):
+            rows.append({"trial_id": trial, "epoch": epoch, "g_loss": 1.0 + epoch,
+                         "d_fake_acc": 0.5, "checkpoint": f"/s/{trial}/ck{epoch}"})
+    table = pd.DataFrame(rows)
+    table["resumed_from"] = None
+    table.loc[(table.trial_id == "b") & (table.epoch == 2), "resumed_from"] = "/s/a/ck1"
+    table.loc[(table.trial_id == "c") & (table.epoch == 3), "resumed_from"] = "/s/b/ck2"
+    lineage = add_lineage(table).set_index(["trial_id", "epoch"])["lineage"]
+    assert lineage[("a", 3)] == "a@3"
+    assert lineage[("b", 1)] == "b@1"
+    assert lineage[("b", 3)] == "b@3 <- a@1"
+    assert lineage[("c", 3)] == "c@3 <- b@2 <- a@1"
+    assert "lineage" in rank(table, "staged").columns
+    assert "lineage" not in rank(table.drop(columns="resumed_from"), "staged").columns

@@ -265,3 +265,22 @@ def test_classifier_tune_search(tmp_path, covid3_dir):
         assert client.get_metric_history(child.info.run_id, "val_macro_f1")
         assert child.data.params.get("evaluate_test", "False") == "False"  # never the test split
     assert parents[0].data.tags["cxr.best_trial_id"] in {c.data.tags["cxr.trial_id"] for c in children}
+
+
+def test_pbt_ranking_follows_checkpoint_lineage(tmp_path, covid3_dir):
+    """PBT (random starts, no Optuna): exploited trials continue other trials' weights; the
+    ranking table says from which (trial, epoch) each epoch descends."""
+    import pandas as pd
+
+    name = "e2e-pbt"
+    proc = subprocess.run(
+        search_cmd(tmp_path, name, covid3_dir, "--scheduler", "pbt", "--num-samples", "4",
+                   "--max-epochs", "4", "--eval-metrics", "cas,visual", "--objective", "cas_acc"),
+        cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
+    lineage_tags = [k for c in children for k in c.data.tags if k.startswith("lineage.epoch_")]
+    assert lineage_tags, "PBT exploited no trial"
+    path = client.download_artifacts(parents[0].info.run_id, "ranking/ranking.parquet", str(tmp_path))
+    ranked = pd.read_parquet(path)
+    assert ranked["lineage"].str.contains(" <- ").sum() >= len(lineage_tags)

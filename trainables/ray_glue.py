@@ -46,6 +46,10 @@ def _run_in_process(config: dict, settings: dict) -> None:
     resume_dir = None
     if checkpoint is not None:
         resume_dir = Path(checkpoint.to_directory(str(run_dir / "resume")))
+    # PBT restarts a trial from *another* trial's checkpoint: say so once, so the epoch
+    # ranking can follow the lineage.  (A trial resuming its own checkpoint is no news.)
+    origin = [checkpoint.path] if checkpoint is not None and \
+        tune.get_context().get_trial_id() not in checkpoint.path else []
 
     import ray
 
@@ -53,6 +57,8 @@ def _run_in_process(config: dict, settings: dict) -> None:
 
     def report(metrics: dict, epoch_dir: Optional[Path]) -> None:
         metrics = {**_reportable(metrics), "node_id": node_id}
+        if origin:
+            metrics["resumed_from"] = origin.pop()
         if epoch_dir is None:
             tune.report(metrics)
             return

@@ -126,9 +126,9 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         reason = guard.update(m, samples, fixed_labels)
         if reason is None and evaluate is not None and ctx.is_main and (
                 (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
-            G.eval()
-            m.update({k: float(v) for k, v in evaluate(G, epoch).items()})
-            G.train()
+            G.eval(); D.eval()
+            m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch).items()})
+            G.train(); D.train()
         m["diverged"] = 1.0 if reason else 0.0
         if reason:
             m["stop_reason"] = reason
@@ -155,6 +155,23 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         if reason:
             break
     return reports
+
+
+def _evaluate(evaluate: Evaluate, G: nn.Module, D: nn.Module, epoch: int) -> dict[str, float]:
+    """Call `evaluate`, handing it the AC-GAN discriminator's class head when there is one,
+    so the class check can compare what D "sees" in the fakes with an independent classifier."""
+    if getattr(D, "classes", None) is None or not _accepts_aux(evaluate):
+        return evaluate(G, epoch)
+    return evaluate(G, epoch, aux_classifier=lambda x: D(x)[1])
+
+
+def _accepts_aux(fn: Callable) -> bool:
+    import inspect
+
+    try:
+        return "aux_classifier" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _resume(resume_dir: Path, cfg: GANConfig, classes: tuple[str, ...], G: nn.Module,

