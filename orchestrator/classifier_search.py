@@ -51,20 +51,19 @@ def run_classifier_study(cfg) -> dict:
     from trainables.classifier.config import GAN_STRATEGIES
 
     strategies = resolve_strategies(cfg.strategies)
-    budget = dict(SMOKE_STUDY if cfg.smoke else FULL_STUDY)
-    if cfg.max_epochs:
-        budget["epochs"] = cfg.max_epochs
+    budget, base = study_settings(cfg)
     generator = None
     if any(s in GAN_STRATEGIES for s in strategies):
         generator = _generator_for_study(cfg)
     client = MlflowClient(cfg.mlflow_uri)
-    parent = _study_parent(client, cfg, strategies, budget, generator)
+    parent = _study_parent(client, cfg, strategies, {**budget, **{f"base.{k}": v
+                                                                  for k, v in base.items()}},
+                           generator)
     run_dir = Path(tempfile.mkdtemp(prefix="cxr-study-"))
     table = run_study(
         cfg.data, strategies, str(generator[1]) if generator else None,
         resolution=budget["resolution"], epochs=budget["epochs"], seeds=budget["seeds"],
-        run_dir=run_dir, n_boot=budget["n_boot"],
-        base={"duplicates": cfg.duplicates, "channels": budget["channels"]},
+        model=budget["model"], run_dir=run_dir, n_boot=budget["n_boot"], base=base,
         callback=_mlflow_callback(client, cfg.name, parent))
     markdown = study_markdown(table)
     for name, logged in (("study.md", "table.md"), ("study.csv", "table.csv"),
@@ -77,6 +76,32 @@ def run_classifier_study(cfg) -> dict:
     print(f"\n=== classifier study {cfg.name} ===\n{markdown}")
     print(f"look: mlflow ui --backend-store-uri {cfg.mlflow_uri} -> experiment '{cfg.name}'")
     return {"search": cfg.name, "table": table, "markdown": markdown, "parent_run_id": parent}
+
+
+def study_settings(cfg) -> tuple[dict, dict]:
+    """(budget, ClassifierConfig fields) of the study, from the budget preset, --max-epochs,
+    --no-pretrained and --set KEY=VALUE; validated here, before anything trains."""
+    from orchestrator.driver import ConfigError, parse_overrides
+    from trainables.classifier.config import ClassifierConfig
+
+    budget = {"model": "s0_cnn", **(SMOKE_STUDY if cfg.smoke else FULL_STUDY)}
+    if cfg.max_epochs:
+        budget["epochs"] = cfg.max_epochs
+    overrides = parse_overrides(cfg.overrides)
+    if "seeds" in overrides:  # --set seeds=0,1,2 (a YAML scalar "0,1,2" or one int)
+        budget["seeds"] = tuple(int(s) for s in str(overrides.pop("seeds")).split(","))
+    for key in ("resolution", "epochs", "model", "n_boot"):  # run_study's own arguments
+        if key in overrides:
+            budget[key] = overrides.pop(key)
+    base = {"duplicates": cfg.duplicates, "channels": budget["channels"],
+            **({"pretrained": False} if cfg.no_pretrained else {}), **overrides}
+    try:
+        ClassifierConfig.from_dict({**base, "source": cfg.data, "resolution": budget["resolution"],
+                                    "epochs": budget["epochs"], "model": budget["model"],
+                                    "n_boot": budget["n_boot"]})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"bad classifier study configuration: {exc}") from exc
+    return budget, base
 
 
 def _generator_for_study(cfg):
@@ -127,7 +152,9 @@ def _mlflow_callback(client, search_name: str, parent: str):
                                 run_name=f"{config['strategy']}-seed{config['seed']}",
                                 tags={tracking.ROLE: "study_run", tracking.PARENT: parent,
                                       "strategy": config["strategy"],
-                                      "pretrained": str(config.get("pretrained"))})
+                                      # what the model really started from, not the flag:
+                                      # a custom CNN never loads ImageNet weights
+                                      "pretrained": str(bool(row.get("pretrained")))})
         run_id = run.info.run_id
         for key, value in tracking.flatten("", config).items():
             client.log_param(run_id, key, tracking._short(value))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import time
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.search import SearchConfig, default_name
 from orchestrator import tracking
@@ -41,8 +42,8 @@ def run_search(cfg: SearchConfig):
     import ray
 
     _init_ray()
-    resources = ray.cluster_resources()
-    settings = _place(cfg, settings, resources)
+    _check_shared_storage(storage, ray.nodes())
+    settings = _place(cfg, settings, ray.cluster_resources(), wait_for_gpus=_wait_for_gpus)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(cfg.mlflow_uri)
@@ -144,7 +145,7 @@ def _preflight_data(settings: dict) -> None:
     """Build the manifest and the decoded cache once, here, so every trial memory-maps it."""
     from trainables.data import DataError
     from trainables.data.default import resolve_default
-    from trainables.ray_glue import load_split
+    from trainables.ray_glue import load_selection
 
     gan = settings.get("gan") or settings.get("classifier") or {}
     resolution, channels = gan.get("resolution", 64), gan.get("channels", 1)
@@ -153,9 +154,8 @@ def _preflight_data(settings: dict) -> None:
             # Resolve once here (cache, download or stand-in): trials get the file itself,
             # and MLflow records which one it was.
             settings["data"] = str(resolve_default(resolution))
-        train = load_split(settings, "train", resolution, channels)
-        load_split(settings, "val", resolution, channels)
-    except (DataError, FileNotFoundError) as exc:
+        train, _ = load_selection(settings, resolution, channels)
+    except (DataError, FileNotFoundError, ValueError) as exc:
         hint = " (on the command line: --duplicates keep)" if "duplicates=" in str(exc) else ""
         raise ConfigError(f"data {settings['data']!r}: {exc}{hint}") from exc
     settings["data_fingerprint"] = train.fingerprint
@@ -173,30 +173,87 @@ def _init_ray() -> None:
              log_to_driver=True, configure_logging=False)
 
 
-def _place(cfg: SearchConfig, settings: dict, resources: dict) -> dict:
-    """GPUs and workers per trial, checked against what the cluster has."""
+def _check_shared_storage(storage: str, nodes: list[dict]) -> None:
+    """Checkpoints of trials on other machines must land where the ranking can read them."""
+    hosts = {n.get("NodeManagerAddress") for n in nodes if n.get("Alive")}
+    if len(hosts) > 1 and "://" not in storage:
+        raise ConfigError(
+            f"--storage {storage!r} is a local path but the cluster spans {len(hosts)} machines: "
+            "Ray does not sync checkpoints to the head, so the ranking could not read them. "
+            "Use --storage s3://BUCKET/… or gs://…, or file:///PATH on a file system every node "
+            "mounts")
+
+
+def _wait_for_gpus(per_worker: float, workers: int, timeout_s: float) -> float:
+    """Ask the autoscaler for one trial's GPUs and wait (up to timeout_s) until they exist."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    need = per_worker * workers
+    request_resources(bundles=[{"GPU": per_worker}] * workers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            if gpus >= need or time.monotonic() >= deadline:
+                return gpus
+            print(f"waiting for the autoscaler: {gpus:g} of {need:g} GPUs up", file=sys.stderr)
+            time.sleep(10)
+    finally:
+        # Tune's own pending trials drive further scaling; drop the standing request so
+        # idle nodes can be released after the search.
+        request_resources(bundles=[])
+
+
+def _place(cfg: SearchConfig, settings: dict, resources: dict,
+           wait_for_gpus: Callable[[float, int, float], float] | None = None) -> dict:
+    """GPUs and workers per trial, checked against what the cluster has (or, with
+    --gpu-wait, what an autoscaling cluster brings up)."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
     per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
     need = per_worker * cfg.workers_per_trial
+    autoscaling = need > gpus and cfg.gpu_wait > 0 and wait_for_gpus is not None
+    if autoscaling:
+        gpus = wait_for_gpus(per_worker, cfg.workers_per_trial, cfg.gpu_wait)
     if need > gpus:
+        hint = (f" after waiting {cfg.gpu_wait:g} s for the autoscaler" if autoscaling else
+                "; on an autoscaling cluster (GPU nodes from zero) add --gpu-wait 900")
         raise ConfigError(f"a trial needs {need:g} GPUs ({cfg.workers_per_trial} workers x "
-                          f"{per_worker:g}) but the cluster has {gpus:g}")
-    if cfg.workers_per_trial > cpus:
+                          f"{per_worker:g}) but the cluster has {gpus:g}{hint}")
+    if cfg.workers_per_trial > cpus and not autoscaling:
         raise ConfigError(f"--workers-per-trial {cfg.workers_per_trial} exceeds the cluster's "
                           f"{cpus:g} CPUs")
+    execution = _execution(cfg, per_worker)
+    # With a Train trial the trial actor itself only coordinates: a sliver of a CPU.
+    cpus_per_worker = 0.99 if execution == "train" and cpus <= 2 else 1.0
+    settings = {**settings, "execution": execution, "use_gpu": per_worker > 0,
+                "gpus_per_worker": per_worker, "cpus_per_worker": cpus_per_worker}
+    if autoscaling:  # the cluster grows as trials wait: let Tune queue them
+        settings["max_concurrent"] = cfg.max_concurrent
+    else:
+        settings["max_concurrent"] = cfg.max_concurrent or max(
+            1, int(gpus // need) if need else int(cpus // (cpus_per_worker * cfg.workers_per_trial)))
+    return settings
+
+
+def _execution(cfg: SearchConfig, per_worker: float) -> str:
+    """function: the loop runs in the Tune trial (one process, CPU or GPU); train: a Ray
+    Train TorchTrainer per trial (DDP over several workers)."""
+    if cfg.scheduler == "pbt":
+        # PBT exploits by restarting a trial from another trial's Tune checkpoint; Train V2
+        # keeps checkpoints in the Train run's own storage, where Tune cannot hand them over.
+        if cfg.workers_per_trial > 1 or cfg.execution == "train":
+            raise ConfigError("--scheduler pbt needs one worker per trial (--execution function;"
+                              " it may use a GPU): Ray Train trials keep their checkpoints where "
+                              "PBT cannot exploit them. Use --scheduler asha for DDP trials")
+        return "function"
     execution = cfg.execution
     if execution == "auto":
         execution = "train" if (per_worker > 0 or cfg.workers_per_trial > 1) else "function"
     if execution == "function" and cfg.workers_per_trial > 1:
         raise ConfigError("--execution function runs one worker per trial; use --execution "
                           "train for --workers-per-trial > 1")
-    # With a Train trial the trial actor itself only coordinates: a sliver of a CPU.
-    cpus_per_worker = 0.99 if execution == "train" and cpus <= 2 else 1.0
-    settings = {**settings, "execution": execution, "use_gpu": per_worker > 0,
-                "gpus_per_worker": per_worker, "cpus_per_worker": cpus_per_worker}
-    settings["max_concurrent"] = cfg.max_concurrent or max(
-        1, int(gpus // need) if need else int(cpus // (cpus_per_worker * cfg.workers_per_trial)))
-    return settings
+    return execution
 
 
 def trial_resources(settings: dict):
@@ -267,7 +324,10 @@ def _build_tuner(cfg: SearchConfig, settings: dict, storage: str, callback):
 def _searcher(cfg, space_module, settings, objectives, storage):
     """OptunaSearch (TPE or random sampler) over the define-by-run space; none under PBT."""
     if cfg.scheduler == "pbt":
-        return None, _pbt_initial_space(space_module)
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # seeded random starting points, so a PBT search is reproducible like an Optuna one
+        return BasicVariantGenerator(random_state=cfg.seed), _pbt_initial_space(space_module)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -317,7 +377,9 @@ def _scheduler(cfg, metric, mode, epochs, space_module, own_metric=False):
 
         return PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=max(1, epochs // 4),
-            hyperparam_mutations={k: tune.uniform(lo, hi)
+            # learning rates span decades: perturb them on a log scale
+            hyperparam_mutations={k: tune.loguniform(lo, hi) if k.startswith("lr")
+                                  else tune.uniform(lo, hi)
                                   for k, (lo, hi) in space_module.PBT_MUTATIONS.items()},
             )
     return FIFOScheduler()

@@ -122,14 +122,14 @@ def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title
     """S0's stage 4: t-SNE of real validation vs the best generator's features (`tsne/`)."""
     from trainables.gan import load_generator
     from trainables.metrics.evaluator import GanEvaluator
-    from trainables.ray_glue import load_split
+    from trainables.ray_glue import load_selection
 
     blob = tracking.read_checkpoint_file(checkpoint, "generator.pt")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             (Path(tmp) / "generator.pt").write_bytes(blob or b"")
             G, gan_cfg, _ = load_generator(Path(tmp) / "generator.pt")
-            val = load_split(settings, "val", gan_cfg.resolution, gan_cfg.channels)
+            _, val = load_selection(settings, gan_cfg.resolution, gan_cfg.channels)
             evaluator = GanEvaluator(val, metrics=("fid",), latent_dim=gan_cfg.latent_dim,
                                      seed=gan_cfg.seed,
                                      n_fake=(settings.get("eval") or {}).get("n_fake"))

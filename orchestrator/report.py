@@ -263,18 +263,19 @@ def grid_image(record: SearchRecord, trial_id: str, epoch: int, dst: Path) -> Op
 
 
 def real_grid(record: SearchRecord, per_class: int = 8) -> tuple[np.ndarray, tuple[str, ...]]:
-    """A per-class mosaic of the search's real validation images at its resolution/channels."""
-    from trainables.data import load_image_set
+    """A per-class mosaic of the search's real validation images (the ones its epochs were
+    evaluated on, never the held-out test split) at its resolution/channels."""
+    from trainables.data.selection import load_selection_sets
 
     params = record.params
     missing = [k for k in ("data", "base.resolution") if k not in params]
     if missing:
         raise ReportError(f"parent run has no param(s) {missing}: cannot load its real images")
-    images = load_image_set(params["data"], "val", resolution=int(params["base.resolution"]),
-                            channels=int(params.get("base.channels", 1)),
-                            duplicates=params.get("data_options.duplicates", "error"),
-                            seed=int(params.get("seed", 0)),
-                            skip_bad=params.get("data_options.skip_bad") == "True")
+    _, images = load_selection_sets(params["data"], resolution=int(params["base.resolution"]),
+                                    channels=int(params.get("base.channels", 1)),
+                                    duplicates=params.get("data_options.duplicates", "error"),
+                                    seed=int(params.get("seed", 0)),
+                                    skip_bad=params.get("data_options.skip_bad") == "True")
     mosaic = plots.real_class_grid(np.asarray(images.images), images.labels,
                                    len(images.classes), per_class=per_class)
     return mosaic, tuple(images.classes)

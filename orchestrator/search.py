@@ -37,6 +37,7 @@ class SearchConfig:
     max_concurrent: Optional[int] = None  # None: derived from the cluster's GPUs/CPUs
     workers_per_trial: int = 1
     gpus_per_worker: Optional[float] = None  # None: 1 when the cluster has GPUs, else 0
+    gpu_wait: float = 0.0  # seconds to wait for an autoscaling cluster to bring up GPU nodes
     searcher: str = "optuna"
     scheduler: str = "asha"
     objective: Optional[str] = None
@@ -51,9 +52,10 @@ class SearchConfig:
     eval_metrics: Optional[str] = None
     eval_every: Optional[int] = None
     strategies: str = "all"
-    duplicates: str = "error"  # byte-identical images under two names: error | keep
+    duplicates: str = "drop"  # byte-identical images under two names: drop | error | keep
     skip_bad: bool = False  # skip unreadable images (listed in skipped.csv), else an error
     tune: bool = False  # classifier: Tune search of hyper-parameters instead of the study
+    no_pretrained: bool = False  # classifier: VGG16/ResNet50 from scratch, no ImageNet weights
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
 
     def objectives(self) -> list[tuple[str, str]]:
@@ -72,10 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="default",
                    help="data source: a folder-per-class directory, a COVIDx directory, an "
                         "ieee8023 metadata.csv, a MedMNIST .npz, or 'default' (PneumoniaMNIST)")
-    p.add_argument("--duplicates", choices=("error", "keep"), default="error",
+    p.add_argument("--duplicates", choices=("drop", "error", "keep"), default="drop",
                    help="byte-identical images under two names (a train/val leak in several "
-                        "published sets): error (default) or keep them, recorded in "
-                        "duplicates.csv beside the manifest")
+                        "published sets): drop (default) keeps one file of each group, the "
+                        "earliest split's (train, then val, then test), and prints how many; "
+                        "error stops; keep loads them all. All are listed in duplicates.csv "
+                        "beside the manifest")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable/truncated images instead of stopping; they are "
                         "printed and listed in skipped.csv beside the manifest")
@@ -87,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray Train workers (DDP processes) per trial (default 1)")
     p.add_argument("--gpus-per-worker", type=float,
                    help="GPUs per worker (default 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--gpu-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="on an autoscaling cluster (`ray up cluster.yaml`, GPU nodes scale "
+                        "from zero): ask the autoscaler for the GPUs a trial needs and wait up "
+                        "to SECONDS for them; trials then run as the autoscaler adds nodes")
     p.add_argument("--searcher", choices=SEARCHERS, default="optuna",
                    help="optuna: TPE (seeded); random: Optuna's random sampler, same space")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
@@ -120,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true",
                    help="classifier: search its hyper-parameters (lr, batch size, dropout, "
                         "strategy) with Tune instead of running the strategy study")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="classifier: train VGG16/ResNet50 from scratch instead of loading "
+                        "ImageNet weights from the torch hub cache (labelled in MLflow)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trial config field (e.g. --set width=0.25); unknown keys fail")
     return p
@@ -136,12 +147,12 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
         experiment=args.experiment, preset=preset, data=args.data,
         num_samples=20 if args.num_samples is None else args.num_samples, max_epochs=args.max_epochs,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
-        gpus_per_worker=args.gpus_per_worker, searcher=args.searcher, scheduler=args.scheduler,
+        gpus_per_worker=args.gpus_per_worker, gpu_wait=args.gpu_wait, searcher=args.searcher, scheduler=args.scheduler,
         objective=args.objective, storage=args.storage, mlflow_uri=args.mlflow_uri,
         name=args.name, resume=args.resume, smoke=args.smoke, seed=args.seed,
         policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
         eval_every=args.eval_every, strategies=args.strategies, duplicates=args.duplicates, tune=args.tune,
-        skip_bad=args.skip_bad,
+        skip_bad=args.skip_bad, no_pretrained=args.no_pretrained,
         overrides=tuple(args.overrides))
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():
@@ -174,9 +185,15 @@ def validate(cfg: SearchConfig) -> None:
     objectives = cfg.objectives()
     if cfg.scheduler == "pbt" and len(objectives) > 1:
         raise ValueError("--scheduler pbt optimises one objective; give a single --objective")
+    if cfg.gpu_wait < 0:
+        raise ValueError(f"--gpu-wait must be >= 0 seconds, got {cfg.gpu_wait}")
     if cfg.scheduler == "pbt" and cfg.searcher == "optuna":
         # Ray cannot combine OptunaSearch with PBT; PBT explores by itself from random starts.
-        pass
+        print("--scheduler pbt: trials start from seeded random points and PBT mutates "
+              "them; Optuna is not used (Ray cannot combine OptunaSearch with PBT)",
+              file=sys.stderr)
+    if cfg.no_pretrained and cfg.experiment != "classifier":
+        raise ValueError("--no-pretrained applies to the classifier experiment only")
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")

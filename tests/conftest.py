@@ -63,16 +63,20 @@ def smoke_store(tmp_path_factory, covid3_dir):
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     env = dict(os.environ, CXR_CACHE_DIR=str(root / "cache"), RAY_AUTH_MODE="disabled",
                PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
-    common = ["--smoke", "--data", str(covid3_dir), "--duplicates", "keep",
+    # no --duplicates: the default (drop the copies) is what a user running the command gets
+    common = ["--smoke", "--data", str(covid3_dir),
               "--storage", str(root / "ray_results"), "--mlflow-uri", uri]
     runs = {}
     for name, experiment in (("smoke-acgan", "acgan"), ("smoke-study", "classifier")):
         start = time.time()
+        # Every process of the run (driver, Ray workers) appends the splits it reads here.
+        run_env = dict(env, CXR_SPLIT_ACCESS_LOG=str(root / f"{name}-splits.log"))
         proc = subprocess.run([sys.executable, "-m", "orchestrator.search", experiment,
-                               "--name", name, *common], cwd=root, env=env,
+                               "--name", name, *common], cwd=root, env=run_env,
                               capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, (name, proc.stdout[-4000:], proc.stderr[-4000:])
         runs[name] = SimpleNamespace(stdout=proc.stdout, stderr=proc.stderr,
-                                     elapsed=time.time() - start)
+                                     elapsed=time.time() - start,
+                                     splits_read=root / f"{name}-splits.log")
     return SimpleNamespace(root=root, uri=uri, search="smoke-acgan", study="smoke-study",
                            runs=runs, env=env)

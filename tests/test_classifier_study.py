@@ -107,3 +107,27 @@ def test_gan_strategy_from_a_checkpoint_in_the_config(covid3_dir, tmp_path):
     bad = ClassifierConfig(source=str(covid3_dir), gan_checkpoint=str(tmp_path / "other"), **small)
     with pytest.raises(ValueError, match="trained on classes"):
         train_classifier(bad, standalone_context(tmp_path / "run2"))
+
+
+def test_gan_search_validates_on_the_classifiers_validation_images(covid3_dir, pneumoniamnist_npz,
+                                                                   tmp_path):
+    """One rule for both: the GAN trial's fit/validation images are exactly the classifier's,
+    so a generator ranked on its validation images never saw the study's test split."""
+    from trainables.data.selection import load_selection_sets
+
+    cfg = ClassifierConfig(source=str(covid3_dir), **SMALL)
+    x_tr, y_tr, x_va, y_va, _ = load_selection_data(cfg)
+    clear_split_access_log()
+    fit, val = load_selection_sets(str(covid3_dir), resolution=32, channels=cfg.channels,
+                                   duplicates="keep")
+    assert {split for _, split in split_access_log()} == {"train"}
+    assert (fit.split, val.split) == ("train_fit", "train_val")
+    assert np.array_equal(np.asarray(val.images), x_va) and np.array_equal(val.labels, y_va)
+    assert np.array_equal(np.asarray(fit.images), x_tr) and np.array_equal(fit.labels, y_tr)
+    assert len(fit) + len(val) == 251 and not set(fit.paths) & set(val.paths)
+    assert fit.images[3].shape == (32, 32, cfg.channels) == fit.images.shape[1:]
+    # a source with its own test split: train and val as they are, test never read
+    clear_split_access_log()
+    fit, val = load_selection_sets(str(pneumoniamnist_npz), resolution=28, channels=1)
+    assert [s for _, s in split_access_log()] == ["train", "val"]
+    assert (fit.split, val.split) == ("train", "val")

@@ -49,6 +49,20 @@ def test_covid3_duplicates_are_found_and_recorded(covid3_dir, cache):
     assert len(dups) == 20 and dups["content_hash"].nunique() == 10
 
 
+def test_covid3_dropping_copies_keeps_the_training_one(covid3_dir, cache, capsys):
+    sets = {s: load_image_set(covid3_dir, s, resolution=32, cache_dir=cache, duplicates="drop")
+            for s in ("train", "val")}
+    assert "dropped 10 byte-identical copies" in capsys.readouterr().out
+    assert len(sets["train"]) + len(sets["val"]) == 317 - 10
+    dups = pd.read_csv(Path(sets["train"].manifest_dir) / "duplicates.csv")
+    assert (dups["action"] == "dropped").sum() == 10 and (dups["action"] == "kept").sum() == 10
+    # each of the 6 train/val groups lost its val copy: no test image is also trained on
+    cross = dups.groupby("content_hash")["split"].nunique() > 1
+    lost = dups[dups["content_hash"].isin(cross[cross].index) & (dups["action"] == "dropped")]
+    assert len(lost) == 6 and set(lost["split"]) == {"val"}
+    assert not set(lost["path"]) & set(sets["val"].paths)
+
+
 def test_radiography_seeded_patient_level_split(radiography_dir, cache):
     sets = {s: load_image_set(radiography_dir, s, resolution=16, cache_dir=cache,
                               duplicates="keep") for s in ("train", "val", "test")}

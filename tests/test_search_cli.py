@@ -82,3 +82,63 @@ def test_cpu_only_uses_the_function_path():
 def test_objectives_are_validated():
     with pytest.raises(ValueError, match="unknown objective 'fidd'"):
         search.SearchConfig(experiment="acgan", preset="s0", objective="fidd").objectives()
+
+
+def test_unknown_preset_is_rejected():
+    with pytest.raises(SystemExit) as exc:
+        search.config_from_args(["acgan", "--preset", "s9"])
+    assert exc.value.code == 2
+
+
+def test_autoscaling_cluster_waits_for_gpu_nodes():
+    """`ray up cluster.yaml` starts with no GPU node: with --gpu-wait the driver asks the
+    autoscaler for one trial's GPUs instead of failing, and lets Tune queue the rest."""
+    asked = []
+
+    def wait(per_worker, workers, timeout):
+        asked.append((per_worker, workers, timeout))
+        return 1.0  # one g5 node came up
+
+    cfg = search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1, gpu_wait=900)
+    placed = driver._place(cfg, {}, {"CPU": 0}, wait_for_gpus=wait)
+    assert asked == [(1, 1, 900)] and placed["use_gpu"] and placed["max_concurrent"] is None
+    with pytest.raises(driver.ConfigError, match="add --gpu-wait"):
+        driver._place(search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1),
+                      {}, {"CPU": 0}, wait_for_gpus=wait)
+    with pytest.raises(driver.ConfigError, match="after waiting 900 s"):
+        driver._place(cfg, {}, {"CPU": 0}, wait_for_gpus=lambda *a: 0.0)
+
+
+def test_pbt_runs_one_process_trials_even_on_gpus():
+    cfg = search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt", searcher="random")
+    placed = driver._place(cfg, {}, {"CPU": 8, "GPU": 2})
+    assert placed["execution"] == "function" and placed["use_gpu"]
+    assert driver.trial_resources(placed) == {"CPU": 1.0, "GPU": 1.0}
+    with pytest.raises(driver.ConfigError, match="pbt needs one worker per trial"):
+        driver._place(search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt",
+                                          workers_per_trial=2), {}, {"CPU": 8, "GPU": 2})
+
+
+def test_local_storage_is_refused_on_a_multi_machine_cluster():
+    one_host = [{"Alive": True, "NodeManagerAddress": "127.0.0.1"}] * 3
+    driver._check_shared_storage("/tmp/ray_results", one_host)  # one machine: fine
+    two_hosts = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"},
+                 {"Alive": True, "NodeManagerAddress": "10.0.0.2"}]
+    driver._check_shared_storage("s3://bucket/cxr", two_hosts)
+    with pytest.raises(driver.ConfigError, match="spans 2 machines"):
+        driver._check_shared_storage("/home/ubuntu/ray_results", two_hosts)
+
+
+def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
+    from orchestrator.classifier_search import study_settings
+
+    cfg = search.config_from_args(["classifier", "--smoke", "--no-pretrained", "--set",
+                                   "model=vgg16", "--set", "dropout=0.3", "--set", "seeds=0,1"])
+    budget, base = study_settings(cfg)
+    assert budget["model"] == "vgg16" and budget["seeds"] == (0, 1)
+    assert base["pretrained"] is False and base["dropout"] == 0.3
+    bad = search.config_from_args(["classifier", "--smoke", "--set", "dropuot=0.3"])
+    with pytest.raises(driver.ConfigError, match="unknown ClassifierConfig key"):
+        study_settings(bad)
+    with pytest.raises(ValueError, match="classifier experiment only"):
+        search.config_from_args(["acgan", "--smoke", "--no-pretrained"])

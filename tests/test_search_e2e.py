@@ -74,6 +74,15 @@ def test_smoke_search_end_to_end(smoke_store):
     assert "report/report.md" in report
     protocol = client.get_run(children[0].info.run_id).data.params
     assert protocol["fid_protocol.extractor"] and protocol["fid_protocol.n_fake"]
+    # the report the user reads names the epoch the ranking chose
+    md = Path(client.download_artifacts(parent.info.run_id, "report/report.md",
+                                        str(smoke_store.root / "report-check")))
+    assert f"trial `{best_trial}`, epoch {best_epoch}" in md.read_text()
+    # covid19-image-dataset has no test split: its val is the study's test set, so the GAN
+    # search (training, epoch evaluation, ranking, t-SNE) must never have read it
+    from trainables.data import read_split_access_file
+
+    assert {s for _, s in read_split_access_file(run.splits_read)} == {"train"}
 
 
 def test_classifier_study_uses_the_searched_generator(smoke_store):
@@ -96,6 +105,11 @@ def test_classifier_study_uses_the_searched_generator(smoke_store):
 
     df = pd.read_csv(table)
     assert (df["macro_f1_ci_low"] <= df["macro_f1"]).all() and (df["macro_f1"] <= df["macro_f1_ci_high"]).all()
+    # the held-out split ("val" here) is read once, after every model's selection is over
+    from trainables.data import read_split_access_file
+
+    reads = [s for _, s in read_split_access_file(run.splits_read)]
+    assert reads.count("val") == 1 and reads[-1] == "val" and set(reads) == {"train", "val"}
 
 
 def _trial_epochs(storage: Path, name: str) -> dict[str, list[int]]:

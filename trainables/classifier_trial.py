@@ -18,6 +18,8 @@ def classifier_settings(cfg) -> dict:
         base.update(SMOKE)
     if cfg.max_epochs:
         base["epochs"] = cfg.max_epochs
+    if cfg.no_pretrained:
+        base["pretrained"] = False
     base.update(parse_overrides(cfg.overrides))
     try:
         ClassifierConfig.from_dict(base)

@@ -177,12 +177,21 @@ def load_split(settings: dict, split: str, resolution: int, channels: int):
                           seed=settings.get("seed", 0), **settings.get("data_options", {}))
 
 
+def load_selection(settings: dict, resolution: int, channels: int):
+    """(fit set, validation set) of the search's data: never the held-out test split
+    (`trainables.data.selection`: the same rule as the classifier study's)."""
+    from trainables.data.selection import load_selection_sets
+
+    return load_selection_sets(settings["data"], resolution=resolution, channels=channels,
+                               seed=settings.get("seed", 0), **settings.get("data_options", {}))
+
+
 def run_gan_trial(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
     from trainables.gan import GANConfig, train_gan
 
     cfg = GANConfig.from_dict({**settings["gan"], **config})
-    train = load_split(settings, "train", cfg.resolution, cfg.channels)
-    evaluator = build_gan_evaluator(cfg, settings, ctx) if ctx.is_main else None
+    train, val = load_selection(settings, cfg.resolution, cfg.channels)
+    evaluator = build_gan_evaluator(cfg, settings, ctx, train, val) if ctx.is_main else None
     if evaluator is not None:
         ctx = with_protocol(ctx, evaluator)
     return train_gan(cfg, train, ctx, evaluate=evaluator)
@@ -206,16 +215,14 @@ def with_protocol(ctx: RunContext, evaluator) -> RunContext:
     return dataclasses.replace(ctx, report=report_with_protocol)
 
 
-def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext):
-    """The per-epoch evaluator on the real *validation* split (never the test split)."""
+def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext, train, val):
+    """The per-epoch evaluator on the real *validation* images (never the test split)."""
     eval_settings = dict(settings.get("eval") or {})
     metrics = tuple(eval_settings.pop("metrics", ()))
     if not metrics:
         return None
     from trainables.metrics.evaluator import GanEvaluator
 
-    val = load_split(settings, "val", cfg.resolution, cfg.channels)
-    train = load_split(settings, "train", cfg.resolution, cfg.channels)
     return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim, device=ctx.device,
                         seed=cfg.seed, real_train=train, **eval_settings)
 

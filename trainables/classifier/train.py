@@ -22,7 +22,8 @@ from trainables.classifier.metrics import (bootstrap_ci, classification_metrics,
 from trainables.classifier.strategies import (Synth, TrainSet, build_train_set,
                                               synth_from_checkpoint)
 from trainables.context import RunContext
-from trainables.data import PositionalAugment, load_image_set, to_tensor
+from trainables.data import PositionalAugment, load_image_set, selection, to_tensor
+from trainables.data.selection import stratified_folds
 from trainables.models.classifiers import WEIGHT_URLS, build_classifier
 
 STATE_FILE = "state.pt"
@@ -34,32 +35,14 @@ def _data_kwargs(cfg: ClassifierConfig) -> dict:
     return dict(resolution=cfg.resolution, channels=cfg.channels, duplicates=cfg.duplicates)
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Fold id (0..k-1) per row; every class spread evenly over the folds (seeded)."""
-    rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        fold[idx] = np.arange(len(idx)) % k
-    return fold
-
-
 def split_roles(cfg: ClassifierConfig) -> tuple[tuple[str, ...], str]:
-    """(splits read for training/selection, split used as the test set).
-
-    A source with a test split: (("train", "val"), "test").  A source published with only
-    train/val (e.g. the Kaggle covid19-image-dataset): its val split becomes the held-out
-    test set and validation is a fixed stratified 15 % of train: (("train",), "val").
-    Only the manifest is read here, no images.
-    """
-    from trainables.data import load_manifest
-
-    splits = set(load_manifest(cfg.source, duplicates=cfg.duplicates).frame["split"].unique())
-    if "test" in splits:
-        return ("train", "val"), "test"
-    if splits >= {"train", "val"}:
-        return ("train",), "val"
-    raise ValueError(f"{cfg.source}: needs train and val (or test) splits, has {sorted(splits)}")
+    """(splits read for training/selection, split used as the test set); the rule is
+    `trainables.data.selection.split_roles`, shared with the GAN search's evaluation.
+    Only the manifest is read here, no images."""
+    try:
+        return selection.split_roles(selection.source_splits(cfg.source, duplicates=cfg.duplicates))
+    except ValueError as exc:
+        raise ValueError(f"{cfg.source}: {exc}") from None
 
 
 def load_selection_data(cfg: ClassifierConfig):
@@ -77,7 +60,7 @@ def load_selection_data(cfg: ClassifierConfig):
         fold = stratified_folds(labels, cfg.folds, seed=0)  # fixed: folds equal across seeds
         v = fold == cfg.fold
     else:
-        v = stratified_folds(labels, 100, seed=0) < 15  # a fixed stratified 15 %
+        v = selection.holdout_mask(labels)  # the same 15 % the GAN search validates on
     return images[~v], labels[~v], images[v], labels[v], classes
 
 

@@ -45,7 +45,7 @@ CANONICAL = {
     "fungal pneumonia": "Fungal Pneumonia", "pneumonia fungal": "Fungal Pneumonia",
     "lung opacity": "Lung Opacity",
 }
-DUPLICATE_POLICIES = ("error", "keep")
+DUPLICATE_POLICIES = ("error", "keep", "drop")
 FRAME_COLUMNS = ["path", "patient_id", "label", "source", "split", "content_hash"]
 
 
@@ -156,10 +156,34 @@ def check_duplicates(frame: pd.DataFrame, layout: str, policy: str) -> pd.DataFr
         groups = dup.groupby("content_hash")["path"].apply(list)
         shown = "; ".join(" == ".join(g) for g in groups.iloc[:3])
         raise DataError(f"{len(groups)} group(s) of byte-identical image files under different "
-                        f"names, e.g. {shown}. Remove the copies, or pass duplicates='keep' to "
+                        f"names, e.g. {shown}. Remove the copies, pass duplicates='drop' to keep "
+                        "one file of each (the earliest split's), or duplicates='keep' to "
                         "load them anyway (they are then recorded in duplicates.csv beside the "
                         "manifest, and kept in the same split when the split is computed here)")
     return dup
+
+
+def drop_duplicate_copies(frame: pd.DataFrame, source) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one file of each byte-identical group: the one in the earliest split (train,
+    then val, then test: no held-out image is also a training image), then by path.
+    Returns (kept frame, dropped rows); copies that disagree on the label are an error."""
+    groups = frame[frame["content_hash"].duplicated(keep=False)]
+    labels = groups.groupby("content_hash")["label"].nunique()
+    if (labels > 1).any():
+        bad = groups[groups["content_hash"] == labels[labels > 1].index[0]]
+        raise DataError(f"byte-identical images with different labels: " + "; ".join(
+            f"{p} ({l})" for p, l in zip(bad["path"], bad["label"])) + ". Fix the labels or "
+            "remove one of the files")
+    order = frame["split"].map({"train": 0, "val": 1, "test": 2}).fillna(-1)
+    ranked = frame.assign(_order=order).sort_values(["_order", "path"])
+    drop = ranked.index[ranked["content_hash"].duplicated(keep="first")]
+    dropped = frame.loc[drop]
+    msg = (f"{source}: dropped {len(dropped)} byte-identical copies ({len(groups)} files in "
+           f"{groups['content_hash'].nunique()} groups); kept one file each, listed in "
+           "duplicates.csv beside the manifest (--duplicates keep loads them all)")
+    print(msg)
+    log.warning(msg)
+    return frame.drop(index=drop), dropped
 
 
 def _listing_key(frame: pd.DataFrame, layout: str, source: Path, options: dict) -> str:
@@ -226,6 +250,9 @@ def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: d
     else:
         frame["content_hash"] = _content_hashes(frame, layout)
     dup = check_duplicates(frame, layout, options["duplicates"])
+    dropped = pd.DataFrame(columns=frame.columns)
+    if len(dup) and options["duplicates"] == "drop":
+        frame, dropped = drop_duplicate_copies(frame, source)
     has_ids = frame["patient_id"].notna().all()
     if not has_ids:
         frame["patient_id"] = frame["path"]  # each image is its own patient
@@ -259,9 +286,11 @@ def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: d
     frame.to_parquet(buf, index=False)
     write_atomic(directory / "manifest.parquet", buf.getvalue())
     if len(dup):
-        copies = frame[frame["content_hash"].isin(dup["content_hash"])]
+        copies = pd.concat([frame[frame["content_hash"].isin(dup["content_hash"])].assign(action="kept"),
+                            dropped.assign(action="dropped")])
         write_atomic(directory / "duplicates.csv", copies[["content_hash", "path", "label",
-                                                           "split"]].to_csv(index=False).encode())
+                                                           "split", "action"]].to_csv(index=False).encode())
+        meta["duplicate_copies_dropped"] = len(dropped)
     # The JSON is written last: its presence marks a complete manifest.
     write_atomic(directory / "manifest.json", json.dumps(meta, indent=1, default=str).encode())
     return Manifest(frame, classes, meta, directory)
