@@ -51,6 +51,7 @@ def run_search(cfg: SearchConfig):
         "cxr.experiment": cfg.experiment, "cxr.preset": cfg.preset,
         "cxr.data_fingerprint": settings["data_fingerprint"],
         "cxr.code_version": tracking.code_version()})
+    _log_search_space(client, parent, cfg.experiment)
     callback = tracking.make_callback(cfg.mlflow_uri, cfg.name, parent, {})
     tuner = _build_tuner(cfg, settings, storage, callback)
     results = tuner.fit()
@@ -383,6 +384,18 @@ def _scheduler(cfg, metric, mode, epochs, space_module, own_metric=False):
                                   for k, (lo, hi) in space_module.PBT_MUTATIONS.items()},
             )
     return FIFOScheduler()
+
+
+def _log_search_space(client, parent_run_id: str, experiment: str) -> None:
+    """The search space's source next to the search (`search_space/`): the space is code,
+    so the code is the record of what was searched."""
+    module = experiment_space(experiment)
+    files = {Path(module.__file__)}
+    shared = getattr(module, "space", None)
+    if shared is not None:  # the GAN families re-export search_spaces/gan.py's space
+        files.add(Path(sys.modules[shared.__module__].__file__))
+    for path in sorted(files):
+        client.log_artifact(parent_run_id, str(path), artifact_path="search_space")
 
 
 def _parent_params(cfg: SearchConfig, settings: dict) -> dict:

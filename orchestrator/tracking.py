@@ -63,10 +63,16 @@ def prepare_tracking_uri(uri: str) -> str:
 
 
 def code_version() -> str:
+    """The git commit of this checkout, "+dirty" when tracked files have local changes
+    (then the commit alone does not say what ran)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], timeout=5
-                              ).stdout.strip() or "unknown"
+        commit = git("rev-parse", "HEAD")
+        if not commit:
+            return "unknown"
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

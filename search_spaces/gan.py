@@ -53,9 +53,13 @@ def to_config(params: dict) -> dict:
 
 
 def first_points(preset: dict, max_epochs: int = 100) -> list[dict]:
-    """A preset's own values expressed as this space's parameters (evaluated first)."""
-    point: dict = {key: preset[key] for key in ("lr_g", "lr_d", "label_smoothing", "batch_size")
-                   if key in preset}
+    """A preset's own values expressed as this space's parameters (evaluated first).
+    Fields the preset leaves out take GANConfig's defaults, so no parameter of the first
+    point is left to the sampler."""
+    from trainables.gan import GANConfig
+
+    preset = GANConfig.from_dict(preset).to_dict()
+    point: dict = {key: preset[key] for key in ("lr_g", "lr_d", "label_smoothing", "batch_size")}
     point["optimizer"] = preset.get("optimizer", "adam")
     if point["optimizer"] == "adam":
         point["beta1"] = preset.get("beta1", 0.5)

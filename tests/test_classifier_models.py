@@ -71,6 +71,19 @@ def test_no_pretrained_trains_the_whole_backbone():
     assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
 
 
+@pytest.mark.parametrize("arch, spatial, channels", [("vgg16", 4, 512), ("resnet50", 5, 2048)])
+def test_s2_head_flattens_the_seed_feature_maps(arch, spatial, channels):
+    """S2 (150x150 input): block5_pool 4x4x512 / conv5_block3_out 5x5x2048, flattened into
+    dense 1024 -> 64 -> output."""
+    m = build_classifier(arch, 2, resolution=150, pretrained=False, head="s2")
+    dense = [l for l in m.head if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in dense] == \
+        [(spatial * spatial * channels, 1024), (1024, 64), (64, 2)]
+    assert m(torch.zeros(1, 1, 150, 150)).shape == (1, 2)
+    with pytest.raises(ValueError, match="head"):
+        ClassifierConfig(head="s9")
+
+
 def test_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ValueError, match="unknown ClassifierConfig key"):
         ClassifierConfig.from_dict({"learning_rate": 0.1})

@@ -171,3 +171,30 @@ def test_missing_source_and_bad_arguments(radiography_dir, tmp_path):
         PreprocessConfig.from_dict({"crop_top": 0.08, "gamma": 2})
     with pytest.raises(ValueError, match="crop_top must be in"):
         PreprocessConfig(crop_top=1.5)
+
+
+def test_ieee8023_missing_image_names_line(radiography_dir, tmp_path):
+    from tests.test_data_formats import real_pngs, write_ieee8023
+
+    records = [{"patientid": str(p), "finding": "No Finding" if p % 2 else "Pneumonia/Viral/COVID-19",
+                "view": "PA", "modality": "X-ray", "filename": f"{p}.png"} for p in range(8)]
+    csv_path = write_ieee8023(tmp_path / "ieee", real_pngs(radiography_dir, 8), records)
+    (tmp_path / "ieee" / "images" / "5.png").unlink()
+    with pytest.raises(DataError, match=r"metadata.csv:7: image \S*images/5.png is missing"):
+        load(csv_path, tmp_path)
+
+
+def test_npz_size_variant_loads_with_its_class_names(tmp_path):
+    """`pneumoniamnist_64.npz` (medmnist's size=64 download) is a MedMNIST npz like the 28-px
+    one: same keys, class names from the package's INFO table, images at their own size."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(-1, 1).astype(np.uint8)
+    path = tmp_path / "pneumoniamnist_64.npz"
+    np.savez(path, **arrays)
+    s = load_image_set(path, "val", resolution=64, cache_dir=tmp_path / "cache")
+    assert tuple(c.lower() for c in s.classes) == ("normal", "pneumonia")
+    assert s.images.shape == (4, 64, 64, 1)
+    assert np.array_equal(np.asarray(s.images)[..., 0], arrays["val_images"])

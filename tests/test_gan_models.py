@@ -48,6 +48,22 @@ def test_every_family_gives_images_of_the_requested_shape_in_range(family, resol
         assert cls.shape == (4, 3)
 
 
+def test_s4_dcgan_upsamples_to_128():
+    """S4: 128x128 DCGAN whose generator upsamples and convolves (no transposed convs)."""
+    cfg = GANConfig.from_dict({**preset("s4"), "width": 0.1})
+    G, D = build_models(cfg, num_classes=3, class_indices=[0])  # S4: the minority class only
+    assert cfg.resolution == 128
+    layers = [type(m).__name__ for m in G.modules()]
+    # S4: "4 conv layers with 2-D upsampling" (8 -> 128); z is projected to 8x8 once
+    assert layers.count("Upsample") == layers.count("Conv2d") == 4
+    assert layers.count("ConvTranspose2d") == 1
+    labels = torch.tensor([0, 0])
+    x = G(torch.randn(2, cfg.latent_dim), labels)
+    assert x.shape == (2, cfg.channels, 128, 128) and x.abs().max() <= 1
+    src, _ = D(x, labels)
+    assert src.shape == (2,)
+
+
 def test_seed_sizes_give_the_seed_shapes():
     g = ACGANGenerator(3, resolution=112, channels=3)
     assert g(torch.randn(2, 100), torch.tensor([0, 2])).shape == (2, 3, 112, 112)

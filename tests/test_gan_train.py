@@ -220,3 +220,18 @@ def test_acgan_class_check_compares_d_head_with_a_reference_classifier(covid3_di
                                steps_per_epoch=2), covid3_32, standalone_context(tmp_path / "c"),
                      evaluate=ev)
     assert "ref_class_acc" in r and "class_confusion" not in r
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it where the "
+                    "device machine is lent: bf16 autocast and channels_last are CUDA-only)")
+@pytest.mark.parametrize("family", ["acgan", "dcgan", "cgan"])
+def test_mixed_precision_and_channels_last_on_gpu(family, covid3_32, tmp_path):
+    cfg = GANConfig(family=family, width=0.25, epochs=2, batch_size=32, amp=True,
+                    channels_last=True)
+    reports = train_gan(cfg, covid3_32, standalone_context(tmp_path, device="cuda"))
+    for r in reports:
+        assert np.isfinite(r["g_loss"]) and np.isfinite(r["d_loss"]) and r["diverged"] == 0.0
+    assert reports[0]["g_loss"] != reports[1]["g_loss"]
+    G, _, _ = load_generator(tmp_path / "epoch_0001")
+    x = sample(G, torch.tensor([0, 1, 2]), cfg.latent_dim, seed=0)
+    assert torch.isfinite(x).all() and x.abs().max() <= 1

@@ -160,3 +160,39 @@ def test_stats_cache_computes_once(tmp_path):
     np.testing.assert_array_equal(a["mu"], b["mu"])
     assert key != stats_key(fingerprint="f", split="val", resolution=64, extractor="x",
                             weights_sha256="abc", dims=768, n=3)
+
+
+def test_intra_fid_pairs_each_class_with_its_own_real_images(covid3_dir, tmp_path):
+    """Fakes that are real images of the *asked* class vs of the next class: the per-class
+    Fréchet distance sees the label swap far more than the pooled FID does.  Features here
+    are 8x8-pooled pixels, a stand-in to check the per-class pairing only (never a metric)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.data import load_image_set
+    from trainables.metrics import GanEvaluator
+
+    class PooledPixels:
+        name, weights_sha256, dims, has_logits = "pooled-pixels(test)", "none", 64, False
+
+        def features(self, images, batch_size=50, with_logits=False):
+            x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()
+            return F.adaptive_avg_pool2d(x, 8).flatten(1).double().numpy(), None
+
+    kw = dict(resolution=32, channels=1, cache_dir=tmp_path / "c", duplicates="drop")
+    val, train = (load_image_set(covid3_dir, s, **kw) for s in ("val", "train"))
+    ev = GanEvaluator(val, metrics=("fid", "intra_fid"), n_fake=60, device="cpu",
+                      hub_dir=tmp_path, torchscript_dir=tmp_path, cache_dir=tmp_path / "s")
+    ev.extractor = PooledPixels()
+    labels = ev.labels.numpy()
+    rng = np.random.default_rng(0)
+
+    def fakes(shift):
+        return np.asarray(train.images)[[rng.choice(np.flatnonzero(train.labels == (c + shift) % 3))
+                                         for c in labels]]
+
+    same, swapped = ev._feature_metrics(fakes(0), labels), ev._feature_metrics(fakes(1), labels)
+    assert same["intra_fid_n_classes"] == 3 and same["intra_fid_min_n_fake"] == 20
+    assert same["intra_fid_min_n_real"] == min(np.bincount(val.labels))
+    assert swapped["intra_fid"] > 2 * same["intra_fid"]
+    assert swapped["intra_fid"] / same["intra_fid"] > 1.5 * swapped["fid"] / same["fid"]

@@ -65,6 +65,12 @@ def test_explore_search_notebook(notebook_store, tmp_path, tmp_path_factory, mon
         "CXR_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cxr-cache")}, tmp_path, monkeypatch)
     pngs = _outputs(nb, "image/png")
     assert pngs, "the notebook drew no figure"
+    if not fake:
+        # a real smoke search: every view is drawn (loss curves, metric curves,
+        # hyper-parameters, Pareto front, top grids, t-SNE); nothing replaced by a note
+        notes = [m for m in _outputs(nb, "text/markdown") if m.startswith("**Not shown:**")]
+        assert not notes, notes
+        assert len(pngs) == 6, len(pngs)
     if fake:
         # loss curves, metric curves, hyper-parameters, Pareto front, top grids
         assert len(pngs) == 5

@@ -70,6 +70,13 @@ def test_smoke_search_end_to_end(smoke_store):
     assert best_trial in epochs and 0 <= best_epoch < epochs[best_trial]
     version = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
     assert version.tags["search"] == name and int(version.tags["epoch"]) == best_epoch
+    spaces = {a.path for a in client.list_artifacts(parent.info.run_id, "search_space")}
+    assert spaces == {"search_space/acgan.py", "search_space/gan.py"}
+    import optuna  # the study optuna-dashboard opens, beside the Tune results
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{smoke_store.root}/"
+                                                      f"ray_results/{name}-optuna.db")
+    assert len(study.trials) == len(children)
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in report
     protocol = client.get_run(children[0].info.run_id).data.params
@@ -206,7 +213,7 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
     try:
         storage = tmp_path / "ray_results"
         cfg = search.config_from_args([
-            "cgan", "--smoke", "--data", str(covid3_dir), "--name", "ddp", "--duplicates", "keep",
+            "cgan", "--smoke", "--data", str(covid3_dir), "--name", "ddp",
             "--num-samples", "1", "--max-epochs", "2", "--scheduler", "none",
             "--execution", "train", "--workers-per-trial", "2",
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
@@ -214,6 +221,10 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
         assert summary["trials"] == 1 and summary["best"] is not None
         assert summary["best"]["checkpoint"].startswith(str(storage))
         assert list(storage.glob("ddp-train-*/checkpoint_*/generator.pt"))
+        # two processes really trained it (DDP over gloo), not one
+        client, _, children = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db", "ddp")
+        sizes = {m.value for m in client.get_metric_history(children[0].info.run_id, "world_size")}
+        assert sizes == {2.0}
     finally:
         ray.shutdown()
 

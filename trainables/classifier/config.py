@@ -30,6 +30,7 @@ class ClassifierConfig:
     duplicates: str = "error"
     model: str = "s0_cnn"
     pretrained: bool = True
+    head: str = "s3"  # vgg16/resnet50: S3's heads, or "s2" (flatten -> 1024 -> 64)
     weights_path: str | None = None
     dropout: float = 0.5
     optimizer: str = "adam"
@@ -54,6 +55,7 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.model in MODELS, f"model={self.model!r} must be one of {MODELS}"),
+            (self.head in ("s3", "s2"), f"head={self.head!r} must be 's3' or 's2'"),
             (self.strategy in STRATEGIES, f"strategy={self.strategy!r} must be one of {STRATEGIES}"),
             (self.optimizer in ("adam", "sgd"), f"optimizer={self.optimizer!r} must be 'adam' or 'sgd'"),
             (self.resolution >= 14, f"resolution={self.resolution} must be >= 14"),

@@ -157,7 +157,7 @@ def train_classifier(cfg: ClassifierConfig | dict, ctx: RunContext, *,
                          seed=cfg.seed)
     model = build_classifier(cfg.model, k, in_channels=cfg.channels, resolution=cfg.resolution,
                              dropout=cfg.dropout, pretrained=cfg.pretrained,
-                             weights_path=cfg.weights_path).to(ctx.device)
+                             weights_path=cfg.weights_path, head=cfg.head).to(ctx.device)
     model = ctx.wrap_model(model)
     opt = build_optimizer(cfg, model)
     augment = PositionalAugment(hflip=cfg.hflip, value_range=(0.0, 1.0))
@@ -221,7 +221,8 @@ def load_best(run_dir: str | Path, device: str | torch.device = "cpu"
     cfg = ClassifierConfig.from_dict(ck["config"])
     # The weights come from best.pt, so no ImageNet file is needed to rebuild the model.
     model = build_classifier(cfg.model, len(ck["classes"]), in_channels=cfg.channels,
-                             resolution=cfg.resolution, dropout=cfg.dropout, pretrained=False)
+                             resolution=cfg.resolution, dropout=cfg.dropout, pretrained=False,
+                             head=cfg.head)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg, tuple(ck["classes"]), int(ck["epoch"])
 

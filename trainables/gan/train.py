@@ -120,7 +120,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         m = train_epoch(Gw, Dw, opt_g, opt_d, batches, cfg, iteration)
         iteration += int(m.pop("batches"))
         m = _mean_across_ranks(m, ctx)
-        m = {"epoch": float(epoch), **m, **lrs}
+        m = {"epoch": float(epoch), **m, **lrs, "world_size": float(ctx.world_size)}
         _step_schedulers(sched_g, sched_d)
         samples = sample(G, fixed_labels, cfg.latent_dim, seed=cfg.seed)
         reason = guard.update(m, samples, fixed_labels)

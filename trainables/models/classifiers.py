@@ -39,6 +39,7 @@ WEIGHT_URLS = {
     "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
 }
 MODELS = ("s0_cnn", "s3_cnn", "vgg16", "resnet50")
+HEADS = ("s3", "s2")  # transfer heads: S3's (default) or S2's 1024-64
 
 
 class PretrainedWeightsMissing(FileNotFoundError):
@@ -110,20 +111,31 @@ class S3CNN(nn.Module):
 class TransferClassifier(nn.Module):
     """A torchvision backbone (VGG16 or ResNet50) with the seeds' heads.
 
-    vgg16 (S3): conv features -> flatten -> dense 128 ReLU -> dropout -> dense K.
-    resnet50 (S3): conv features -> global average pool -> dense 128, 64 ReLU -> dropout
-    0.5 -> dense K.  Grey inputs (1 channel) are repeated to 3 channels.  ``frozen``
-    freezes the backbone (and keeps its BatchNorm statistics fixed in train mode).
+    head "s3": vgg16 conv features -> flatten -> dense 128 ReLU -> dropout -> dense K;
+    resnet50 conv features -> global average pool -> dense 128, 64 ReLU -> dropout 0.5 ->
+    dense K.  head "s2" (either backbone): block5_pool / conv5_block3_out features ->
+    flatten -> dense 1024, 64 ReLU -> dense K (S2's single sigmoid unit is K = 2 logits here).
+    Grey inputs (1 channel) are repeated to 3 channels.  ``frozen`` freezes the backbone
+    (and keeps its BatchNorm statistics fixed in train mode).
     """
 
     def __init__(self, arch: str, num_classes: int = 3, resolution: int = 224,
-                 dropout: float = 0.5, frozen: bool = True) -> None:
+                 dropout: float = 0.5, frozen: bool = True, head: str = "s3") -> None:
         super().__init__()
         import torchvision  # imported here: only the transfer models need it
 
+        if head not in HEADS:
+            raise ValueError(f"unknown transfer head {head!r}; choose one of {HEADS}")
         self.arch, self.frozen = arch, frozen
-        if arch == "vgg16":
-            self.features = torchvision.models.vgg16(weights=None).features
+        if arch in ("vgg16", "resnet50") and head == "s2":
+            self.features = _backbone(torchvision, arch)
+            with torch.no_grad():  # the flattened size at this resolution (S2: 4x4x512, 5x5x2048)
+                flat = self.features(torch.zeros(1, 3, resolution, resolution)).numel()
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), nn.ReLU(inplace=True),
+                                      nn.Linear(1024, 64), nn.ReLU(inplace=True),
+                                      nn.Linear(64, num_classes))
+        elif arch == "vgg16":
+            self.features = _backbone(torchvision, arch)
             s = resolution // 32
             if s < 1:
                 raise ValueError(f"vgg16 needs resolution >= 32, got {resolution}")
@@ -131,9 +143,7 @@ class TransferClassifier(nn.Module):
                                       nn.ReLU(inplace=True), nn.Dropout(dropout),
                                       nn.Linear(128, num_classes))
         elif arch == "resnet50":
-            net = torchvision.models.resnet50(weights=None)
-            self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
-                                          net.layer1, net.layer2, net.layer3, net.layer4)
+            self.features = _backbone(torchvision, arch)
             self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                       nn.Linear(2048, 128), nn.ReLU(inplace=True),
                                       nn.Linear(128, 64), nn.ReLU(inplace=True),
@@ -154,6 +164,15 @@ class TransferClassifier(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.head(self.features(x))
+
+
+def _backbone(torchvision, arch: str) -> nn.Module:
+    """The convolutional part of a torchvision model (the names ImageNet weights load into)."""
+    if arch == "vgg16":
+        return torchvision.models.vgg16(weights=None).features
+    net = torchvision.models.resnet50(weights=None)
+    return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                         net.layer1, net.layer2, net.layer3, net.layer4)
 
 
 def weights_file(arch: str, weights_path: str | Path | None = None) -> Path:
@@ -194,7 +213,7 @@ def load_imagenet_weights(model: TransferClassifier, weights_path: str | Path | 
 
 def build_classifier(name: str, num_classes: int, *, in_channels: int = 3,
                      resolution: int = 112, dropout: float = 0.5, pretrained: bool = True,
-                     weights_path: str | Path | None = None) -> nn.Module:
+                     weights_path: str | Path | None = None, head: str = "s3") -> nn.Module:
     """A classifier by name (``MODELS``).  Transfer models with ``pretrained=True`` load
     ImageNet weights from disk and freeze the backbone; ``pretrained=False`` trains all."""
     if name == "s0_cnn":
@@ -202,7 +221,8 @@ def build_classifier(name: str, num_classes: int, *, in_channels: int = 3,
     if name == "s3_cnn":
         return S3CNN(num_classes, in_channels, resolution, dropout=dropout)
     if name in WEIGHT_URLS:
-        model = TransferClassifier(name, num_classes, resolution, dropout, frozen=pretrained)
+        model = TransferClassifier(name, num_classes, resolution, dropout, frozen=pretrained,
+                                   head=head)
         if pretrained:
             load_imagenet_weights(model, weights_path)
         return model
