@@ -30,15 +30,23 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
         return summary
     out_dir = Path(tempfile.mkdtemp(prefix="cxr-ranking-"))
     policy = "weighted" if cfg.experiment == "classifier" else cfg.policy
-    ranked = ranking.rank(table, policy, None, **policy_options(cfg))
-    for path in ranking.write_ranking(ranked, out_dir, "ranking"):
-        client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
     summary: dict[str, Any] = {"search": cfg.name, "trials": int(table["trial_id"].nunique())
                                if len(table) else 0, "failed_trials": failed,
                                "policy": policy, "mlflow_uri": cfg.mlflow_uri}
-    best = _best_row(ranked)
+    try:
+        ranked = ranking.rank(table, policy, None, **policy_options(cfg))
+    except KeyError as exc:
+        # No trial ever reported a metric the policy needs (e.g. every G step was skipped):
+        # the trials' records stand; say why nothing was ranked instead of failing here.
+        ranked, why = None, f"none: no epoch could be ranked ({exc.args[0]})"
+    else:
+        for path in ranking.write_ranking(ranked, out_dir, "ranking"):
+            client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
+        why = "none: no epoch could be ranked"
+    best = _best_row(ranked) if ranked is not None else None
     if best is None:
-        client.set_tag(parent_run_id, "cxr.best", "none: no epoch could be ranked")
+        client.set_tag(parent_run_id, "cxr.best", why[:5000])
+        print(why)
         summary["best"] = None
     else:
         summary.update(_record_best(cfg, settings, client, parent_run_id, best))

@@ -131,3 +131,15 @@ def test_gan_search_validates_on_the_classifiers_validation_images(covid3_dir, p
     fit, val = load_selection_sets(str(pneumoniamnist_npz), resolution=28, channels=1)
     assert [s for _, s in split_access_log()] == ["train", "val"]
     assert (fit.split, val.split) == ("train", "val")
+
+
+@pytest.mark.parametrize("counts", [(111, 70, 70), (20, 20, 20), (5, 2, 1)])
+def test_holdout_is_15_percent_of_each_class(counts):
+    from trainables.data.selection import holdout_mask
+
+    labels = np.repeat(np.arange(len(counts)), counts)
+    held = holdout_mask(labels)
+    for c, n in enumerate(counts):
+        k = int(held[labels == c].sum())
+        assert k == (max(1, round(0.15 * n)) if n >= 2 else 0), (c, n, k)
+    assert np.array_equal(held, holdout_mask(labels))  # fixed, not a fresh draw

@@ -159,3 +159,29 @@ def test_lineage_follows_pbt_checkpoints():
     assert lineage[("c", 3)] == "c@3 <- b@2 <- a@1"
     assert "lineage" in rank(table, "staged").columns
     assert "lineage" not in rank(table.drop(columns="resumed_from"), "staged").columns
+
+
+def test_a_search_whose_epochs_lack_the_policys_metrics_still_finishes(tmp_path, capsys):
+    """Every trial reported epochs but never a G loss (e.g. no G step ran): the search ends
+    with 'no epoch could be ranked' and the reason, its trial records intact."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.finalize import finalize_search
+    from orchestrator.search import SearchConfig
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("no-g")
+    parent = client.create_run(exp, tags={"cxr.role": "search"}).info.run_id
+    trial = client.create_run(exp, tags={"cxr.role": "trial", "cxr.trial_id": "t1",
+                                         "mlflow.parentRunId": parent}).info.run_id
+    client.log_metric(trial, "d_loss", 1.2, step=0)
+    cfg = SearchConfig(experiment="acgan", preset="s0", name="no-g", mlflow_uri=uri)
+    summary = finalize_search(cfg, {}, [SimpleNamespace(error=None, metrics={}, path="t1")],
+                              client, parent)
+    assert summary["best"] is None and summary["trials"] == 1
+    tag = client.get_run(parent).data.tags["cxr.best"]
+    assert tag.startswith("none: no epoch could be ranked") and "g_loss" in tag
+    assert "no epoch could be ranked" in capsys.readouterr().out

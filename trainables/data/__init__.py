@@ -116,9 +116,11 @@ def load_image_set(source: str | Path, split: str, *, resolution: int, channels:
     preprocess: a PreprocessConfig or its dict (unknown keys rejected); applied once, at
     cache-build time. skip_bad: skip unreadable images instead of raising; they are printed,
     listed in skipped.csv beside the manifest and in ``ImageSet.skipped``.
-    duplicates: "error" (byte-identical files under two names raise) or "keep" (recorded
-    in duplicates.csv; kept in one split when the split is computed here). MedMNIST npz
-    entries are arrays, not files: their identical images are only recorded.
+    duplicates: "error" (byte-identical files under two names raise), "keep" (recorded
+    in duplicates.csv; kept in one split when the split is computed here) or "drop" (one
+    image of each group kept, the earliest split's: train, then val, then test; printed and
+    recorded). MedMNIST npz entries are arrays, not files: under "error" their identical
+    images are only recorded, "drop" drops them like files.
     seed, val_fraction and test_fraction only matter where the source has no split of its own.
     """
     if split not in SPLITS:

@@ -36,8 +36,17 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def holdout_mask(labels: np.ndarray) -> np.ndarray:
-    """The fixed stratified VAL_PERCENT % of train used for validation (same for everyone)."""
-    return stratified_folds(np.asarray(labels), 100, seed=0) < VAL_PERCENT
+    """The fixed stratified VAL_PERCENT % of train used for validation (same for everyone):
+    per class, round(VAL_PERCENT % of its images) of a seeded permutation, at least one image
+    of every class that has two or more."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(0)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * VAL_PERCENT / 100))
+        mask[idx[:max(k, 1) if len(idx) >= 2 else 0]] = True
+    return mask
 
 
 class RowView:

@@ -1,0 +1,51 @@
+"""Every benchmark script still runs and prints its ratio (tiny sizes: this checks the
+command works, the numbers themselves come from running the scripts as their docstrings say)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str, tmp_path: Path) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO), CXR_CACHE_DIR=str(tmp_path / "cache"),
+               RAY_AUTH_MODE="disabled")
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_data_cache_prints_the_ratio(covid3_dir, tmp_path):
+    out = run("data_cache.py", "--source", str(covid3_dir), "--resolution", "16", "--epochs", "1",
+              tmp_path=tmp_path)
+    assert "ratio cached/decoded:" in out
+
+
+def test_frechet_speed_prints_the_speed_up(tmp_path):
+    out = run("frechet_speed.py", "--sizes", "40", "--dims", "64", tmp_path=tmp_path)
+    assert "speed-up" in out and "relative difference" in out
+
+
+def test_gan_throughput_prints_images_per_second(tmp_path):
+    out = run("gan_throughput.py", "--presets", "s1", "s2", "--batches", "1", "--batch-size", "2",
+              tmp_path=tmp_path)
+    assert out.count("images/s") == 2
+
+
+def test_eval_cache_prints_the_ratio(covid3_dir, tmp_path):
+    out = run("eval_cache.py", "--data", str(covid3_dir), "--n-real", "8", "--n-fake", "4",
+              tmp_path=tmp_path)
+    assert "second/first time ratio:" in out and "cache hits 1" in out
+
+
+def test_tune_overhead_prints_both_comparisons(covid3_dir, tmp_path):
+    out = run("tune_overhead.py", "--data", str(covid3_dir), "--trials", "1", "--epochs", "1",
+              "--compare-searchers", "2", tmp_path=tmp_path)
+    assert "Tune overhead ratio" in out and "ratio random/optuna" in out
