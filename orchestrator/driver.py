@@ -231,6 +231,11 @@ def _place(cfg: SearchConfig, settings: dict, resources: dict,
                 "gpus_per_worker": per_worker, "cpus_per_worker": cpus_per_worker}
     if autoscaling:  # the cluster grows as trials wait: let Tune queue them
         settings["max_concurrent"] = cfg.max_concurrent
+    elif cfg.smoke and cfg.scheduler == "asha" and cfg.max_concurrent is None:
+        # ASHA compares a trial with those that reached the rung before it, so concurrent
+        # trials make its stops depend on which process finished an epoch first. The smoke
+        # run is a check anyone reruns: one trial at a time gives the same stops every time.
+        settings["max_concurrent"] = 1
     else:
         settings["max_concurrent"] = cfg.max_concurrent or max(
             1, int(gpus // need) if need else int(cpus // (cpus_per_worker * cfg.workers_per_trial)))

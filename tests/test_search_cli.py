@@ -79,6 +79,18 @@ def test_cpu_only_uses_the_function_path():
     assert placed["max_concurrent"] == 2
 
 
+def test_smoke_asha_runs_one_trial_at_a_time_unless_told():
+    """ASHA's stops depend on the order trials reach a rung: the smoke check serialises
+    trials so its stops are reproducible; an explicit --max-concurrent or another
+    scheduler keeps the derived concurrency."""
+    smoke = search.SearchConfig(experiment="acgan", preset="s0", smoke=True)
+    assert driver._place(smoke, {}, {"CPU": 2})["max_concurrent"] == 1
+    told = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, max_concurrent=2)
+    assert driver._place(told, {}, {"CPU": 2})["max_concurrent"] == 2
+    fifo = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, scheduler="none")
+    assert driver._place(fifo, {}, {"CPU": 2})["max_concurrent"] == 2
+
+
 def test_objectives_are_validated():
     with pytest.raises(ValueError, match="unknown objective 'fidd'"):
         search.SearchConfig(experiment="acgan", preset="s0", objective="fidd").objectives()
