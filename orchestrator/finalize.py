@@ -139,7 +139,8 @@ def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title
             G, gan_cfg, _ = load_generator(Path(tmp) / "generator.pt")
             _, val = load_selection(settings, gan_cfg.resolution, gan_cfg.channels)
             evaluator = GanEvaluator(val, metrics=("fid",), latent_dim=gan_cfg.latent_dim,
-                                     seed=gan_cfg.seed,
+                                     latent_dist=gan_cfg.latent_dist, seed=gan_cfg.seed,
+                                     classes=getattr(G, "class_indices", None),
                                      n_fake=(settings.get("eval") or {}).get("n_fake"))
             png = evaluator.tsne(G, Path(tmp) / "tsne_best_epoch.png", title=f"t-SNE, {title}")
         except Exception as exc:  # no Inception weights, unreadable checkpoint: say so

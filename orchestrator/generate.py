@@ -37,7 +37,7 @@ def export_synthetic(checkpoint: str | Path, per_class: int, out: str | Path, *,
     G, cfg, classes = load_generator(checkpoint, device=device)
     res = resolution or cfg.resolution
     synth = synth_from_generator(G, cfg.latent_dim, resolution=res, channels=cfg.channels,
-                                 device=device)
+                                 device=device, latent_dist=cfg.latent_dist)
     indices = list(getattr(G, "class_indices", range(len(classes))))
     rows = []
     for c in indices:

@@ -48,20 +48,29 @@ def test_every_family_gives_images_of_the_requested_shape_in_range(family, resol
         assert cls.shape == (4, 3)
 
 
-def test_s4_dcgan_upsamples_to_128():
-    """S4: 128x128 DCGAN whose generator upsamples and convolves (no transposed convs)."""
-    cfg = GANConfig.from_dict({**preset("s4"), "width": 0.1})
-    G, D = build_models(cfg, num_classes=3, class_indices=[0])  # S4: the minority class only
-    assert cfg.resolution == 128
-    layers = [type(m).__name__ for m in G.modules()]
-    # S4: "4 conv layers with 2-D upsampling" (8 -> 128); z is projected to 8x8 once
-    assert layers.count("Upsample") == layers.count("Conv2d") == 4
-    assert layers.count("ConvTranspose2d") == 1
+def test_s4_dcgan_is_its_authors_keras_model():
+    """S4 as korasagar/DCGAN-ChestXray `DCGAN.py`: Dense -> 8x8x1024, four ConvTranspose k4 s2
+    (512..64) and a k5 tanh conv; D five k5 convs, dropout 0.4, dense; no BatchNorm.  The
+    parameter counts are the Keras models' (Dense/Conv with biases)."""
+    cfg = GANConfig.from_dict(preset("s4"))
+    assert (cfg.resolution, cfg.channels, cfg.lr_d, cfg.lr_g, cfg.beta1) == (128, 3, 2e-5, 1e-4, 0.5)
+    assert (cfg.batch_size, cfg.g_batch_size, cfg.d_updates) == (64, 128, "separate")
+    G, D = build_models(cfg, num_classes=2, class_indices=[0])  # S4: the minority class only
+    assert count_params(G) == 17_766_019 and count_params(D) == 17_480_321
+    g_layers = [type(m).__name__ for m in G.modules()]
+    d_layers = [type(m).__name__ for m in D.modules()]
+    assert g_layers.count("ConvTranspose2d") == 4 and g_layers.count("Conv2d") == 1
+    assert d_layers.count("Conv2d") == 5 and d_layers.count("Dropout") == 1
+    assert "BatchNorm2d" not in g_layers + d_layers
+    convt = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convt] == [512, 256, 128, 64]
+    small = GANConfig.from_dict({**preset("s4"), "width": 0.0625})
+    G, D = build_models(small, num_classes=2, class_indices=[0])
     labels = torch.tensor([0, 0])
-    x = G(torch.randn(2, cfg.latent_dim), labels)
-    assert x.shape == (2, cfg.channels, 128, 128) and x.abs().max() <= 1
-    src, _ = D(x, labels)
-    assert src.shape == (2,)
+    x = G(torch.randn(2, small.latent_dim), labels)
+    assert x.shape == (2, 3, 128, 128) and x.abs().max() <= 1
+    src, cls = D(x, labels)
+    assert src.shape == (2,) and cls is None
 
 
 def test_seed_sizes_give_the_seed_shapes():

@@ -221,9 +221,12 @@ def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext, train, val):
     metrics = tuple(eval_settings.pop("metrics", ()))
     if not metrics:
         return None
+    from trainables.gan.build import trained_classes
     from trainables.metrics.evaluator import GanEvaluator
 
-    return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim, device=ctx.device,
+    classes = trained_classes(cfg, train.classes, train.labels)
+    return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim,
+                        latent_dist=cfg.latent_dist, classes=classes, device=ctx.device,
                         seed=cfg.seed, real_train=train, **eval_settings)
 
 

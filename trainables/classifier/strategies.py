@@ -128,8 +128,10 @@ def to_uint8_nhwc(x: torch.Tensor, resolution: int, channels: int) -> np.ndarray
 
 def synth_from_generator(G: torch.nn.Module, latent_dim: int, *, resolution: int,
                          channels: int, device: str | torch.device = "cpu",
-                         batch: int = 64) -> Synth:
-    """A `Synth` from a generator G(z, labels) -> [-1, 1] images; z ~ N(0, 1) seeded."""
+                         batch: int = 64, latent_dist: str = "normal") -> Synth:
+    """A `Synth` from a generator G(z, labels) -> [-1, 1] images; z seeded, drawn from the
+    distribution G was trained with (`latent_dist`)."""
+    from trainables.gan.sampling import draw_latent
 
     @torch.no_grad()
     def synth(class_index: int, n: int, seed: int) -> np.ndarray:
@@ -140,7 +142,7 @@ def synth_from_generator(G: torch.nn.Module, latent_dim: int, *, resolution: int
         try:
             for start in range(0, n, batch):
                 m = min(batch, n - start)
-                z = torch.randn(m, latent_dim, generator=gen).to(device)
+                z = draw_latent(m, latent_dim, latent_dist, generator=gen, device=device)
                 y = torch.full((m,), int(class_index), dtype=torch.long, device=device)
                 out.append(to_uint8_nhwc(G(z, y), resolution, channels))
         finally:
@@ -164,4 +166,4 @@ def synth_from_checkpoint(path: str | Path, *, resolution: int, channels: int,
                          f"but the classifier's data set has {list(classes)}; use a GAN trained "
                          "on the same data set")
     return synth_from_generator(G, cfg.latent_dim, resolution=resolution, channels=channels,
-                                device=device)
+                                device=device, latent_dist=cfg.latent_dist)

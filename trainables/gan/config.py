@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Union
 
+from trainables.gan.diffaugment import parse_policy
+from trainables.gan.sampling import LATENT_DISTS
 from trainables.models.acgan import ACGAN_VARIANTS
 from trainables.models.cgan import CGAN_VARIANTS
 from trainables.models.dcgan import DCGAN_VARIANTS
@@ -11,6 +13,7 @@ from trainables.models.dcgan import DCGAN_VARIANTS
 FAMILIES = {"acgan": ACGAN_VARIANTS, "dcgan": DCGAN_VARIANTS, "cgan": CGAN_VARIANTS}
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("none", "cosine_warm_restarts", "step", "exponential")
+D_UPDATES = ("joint", "separate")
 
 
 @dataclass(frozen=True)
@@ -23,11 +26,18 @@ class GANConfig:
     resolution: int = 32
     channels: int = 1
     latent_dim: int = 100
+    latent_dist: str = "normal"           # z ~ "normal" N(0, 1) | "uniform" U(-1, 1) (S1)
     width: float = 0.25                   # channel multiplier; 1.0 = seed sizes
     embed_dim: int = 50                   # label embedding size (AC-GAN, cGAN)
     batch_size: int = 32
     epochs: int = 3
     steps_per_epoch: Optional[int] = None  # cap on batches per epoch (S0: 460); None = full pass
+    g_batch_size: Optional[int] = None    # z per G step; None = batch_size (S4: 128 on 64 real)
+    d_updates: str = "joint"              # "joint": one D update on real + fake (two passes);
+                                          # "separate": one on real, then one on fake (S4)
+    diffaugment: str = ""                 # DiffAugment policy before D, e.g. "color,translation,cutout"
+    real_shear: float = 0.0               # S0: random shear of real images, max degrees ...
+    real_zoom: float = 0.0                # ... and zoom, max relative change (0 = off)
     optimizer: str = "adam"               # "adam" | "sgd"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -43,6 +53,8 @@ class GANConfig:
     gamma: float = 0.95                   # StepLR / ExponentialLR factor
     label_smoothing: float = 0.0          # one-sided: D's real target is 1 - label_smoothing
     flip_labels_g: bool = True            # G trained with fakes labelled real (non-saturating loss)
+    d_minibatch_std: bool = False         # D sees each batch's spread (Karras et al. 2018); AC-GAN
+    aux_weight: float = 1.0               # AC-GAN: L = L_source + aux_weight * L_class (S0: 1)
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
     grid_per_class: int = 8               # fixed samples per class in grid.png
@@ -95,6 +107,12 @@ def _problems(c: GANConfig) -> list[str]:
         (c.resolution >= 16, f"resolution={c.resolution} must be >= 16"),
         (c.channels in (1, 3), f"channels={c.channels} must be 1 or 3"),
         (c.latent_dim >= 1, f"latent_dim={c.latent_dim} must be >= 1"),
+        (c.latent_dist in LATENT_DISTS, f"latent_dist={c.latent_dist!r}: choose one of {LATENT_DISTS}"),
+        (c.g_batch_size is None or c.g_batch_size >= 2,
+         f"g_batch_size={c.g_batch_size} must be None (= batch_size) or >= 2"),
+        (c.d_updates in D_UPDATES, f"d_updates={c.d_updates!r}: choose one of {D_UPDATES}"),
+        (0 <= c.real_shear < 45, f"real_shear={c.real_shear} must be in [0, 45) degrees"),
+        (0 <= c.real_zoom < 0.5, f"real_zoom={c.real_zoom} must be in [0, 0.5)"),
         (c.width > 0, f"width={c.width} must be > 0"),
         (c.embed_dim >= 1, f"embed_dim={c.embed_dim} must be >= 1"),
         (c.batch_size >= 2, f"batch_size={c.batch_size} must be >= 2 (BatchNorm needs 2)"),
@@ -114,6 +132,7 @@ def _problems(c: GANConfig) -> list[str]:
         (c.t_0 >= 1, f"t_0={c.t_0} must be >= 1"),
         (c.step_size >= 1, f"step_size={c.step_size} must be >= 1"),
         (0 < c.gamma <= 1, f"gamma={c.gamma} must be in (0, 1]"),
+        (c.aux_weight >= 0, f"aux_weight={c.aux_weight} must be >= 0"),
         (0 <= c.label_smoothing < 0.5, f"label_smoothing={c.label_smoothing} must be in [0, 0.5)"),
         (c.eval_every >= 1, f"eval_every={c.eval_every} must be >= 1"),
         (c.grid_per_class >= 2, f"grid_per_class={c.grid_per_class} must be >= 2 (the collapse check needs a spread)"),
@@ -128,4 +147,8 @@ def _problems(c: GANConfig) -> list[str]:
         (c.dcgan_classes is None or c.family == "dcgan",
          f"dcgan_classes is only meaningful for family='dcgan' (family={c.family!r})"),
     ]
+    try:
+        parse_policy(c.diffaugment)
+    except ValueError as err:
+        checks.append((False, f"diffaugment={c.diffaugment!r}: {err}"))
     return [msg for ok, msg in checks if not ok]

@@ -3,33 +3,42 @@
 Each preset is a dict of `GANConfig` overrides.  Where a seed is silent we chose what its
 authors most plausibly did; those guesses are listed per preset:
 
-- s0 (CXR-ACGAN): AC-GAN at 112x112x3, z 100-d, Adam 2e-4 / beta1 0.5, batch 64, 388 epochs,
-  label flipping for G and one-sided label smoothing.  Guessed: smoothing amount 0.1, the label
-  embedding size 50 (as S3), D kernel 3.
-- s1 (per-class DCGAN): one DCGAN per class, 64x64x1, batch 32, Adam 2e-4 betas (0.5, 0.999),
-  200 epochs, N(0, 0.02) init.  Guessed: D dropout p=0.25.  Note S1 draws z from a uniform
-  distribution; we use N(0, 1) for every family.
+- s0 (CXR-ACGAN): AC-GAN at 112x112x3, z 100-d, Adam 2e-4 / beta1 0.5, batch 64, 460 steps
+  per epoch, 388 epochs, label flipping for G and one-sided label smoothing, real images
+  sheared and zoomed during GAN training ("data augmentation -> shearing and zooming", seed
+  slides).  Guessed: smoothing amount 0.1, shear up to 5 degrees and zoom up to 10 % (the
+  seed gives no ranges; Keras' usual `shear_range=0.2` is in degrees, i.e. no shear at all),
+  the label embedding size 50 (as S3), D kernel 3.
+- s1 (per-class DCGAN): one DCGAN per class, each pair trained on batches of its own class
+  only (as many steps per epoch as its class has batches), 64x64x1, z ~ U(-1, 1) ("100 random
+  numbers drawn from a uniform distribution"), batch 32, Adam 2e-4 betas (0.5, 0.999),
+  200 epochs, N(0, 0.02) init.  Guessed: D dropout p=0.25, the uniform range (-1, 1).
 - s2 (cGAN, slow D): 150x150x1, run 3 of the seed: Adam 2e-4 with beta1 0.9,
   CosineAnnealingWarmRestarts restarting every 10 epochs, one D step every K=10 G steps,
   filters 256 halving.  Guessed: batch 4 (run 1's; run 3 states none), 1000 epochs (the seed
   ran "600+"), label embedding 50.
 - s3 (CovidGAN): AC-GAN at 112x112x3 with the alternating-stride D, Adam 2e-4 / beta1 0.5,
   batch 64, 1,500 epochs.  Guessed: no label smoothing (the seed names none).
-- s4 (DCGAN 128 px, minority class only): 128x128x1, z ~ N(0, 1), 500 epochs.  Guessed:
-  Adam 2e-4 / beta1 0.5 and batch 64 (the seed states neither).
+- s4 (DCGAN 128 px, the minority class only): as the authors' code (korasagar/DCGAN-ChestXray
+  `DCGAN.py`): 128x128x3, z ~ N(0, 1), no BatchNorm, D Adam 2e-5 and G Adam 1e-4 (beta1 0.5),
+  each step one D update on 64 real images and one on 64 fakes, then one G update on 128 z,
+  500 epochs.  The minority class is Normal on the seed's Kermany data.  Differences: the
+  authors draw real batches with replacement (we take a shuffled pass), and their epoch is
+  len(data) // 128 steps (ours len // 64, the real batch).
 """
 from __future__ import annotations
 
 from typing import Any
 
-_ARCH_KEYS = ("variant", "dcgan_classes", "embed_dim")
+_ARCH_KEYS = ("variant", "dcgan_classes", "embed_dim", "d_updates", "g_batch_size")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "s0": dict(family="acgan", variant="s0", resolution=112, channels=3, latent_dim=100,
-               width=1.0, batch_size=64, epochs=388, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
-               beta1=0.5, beta2=0.999, label_smoothing=0.1, flip_labels_g=True),
+               width=1.0, batch_size=64, steps_per_epoch=460, epochs=388, optimizer="adam",
+               lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, label_smoothing=0.1,
+               flip_labels_g=True, real_shear=5.0, real_zoom=0.1),
     "s1": dict(family="dcgan", variant="s1", resolution=64, channels=1, latent_dim=100,
-               width=1.0, batch_size=32, epochs=200, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
+               latent_dist="uniform", width=1.0, batch_size=32, epochs=200, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
                beta1=0.5, beta2=0.999, dcgan_classes=None),
     "s2": dict(family="cgan", variant="s2", resolution=150, channels=1, latent_dim=100,
                width=1.0, batch_size=4, epochs=1000, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
@@ -38,9 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "s3": dict(family="acgan", variant="s3", resolution=112, channels=3, latent_dim=100,
                width=1.0, embed_dim=50, batch_size=64, epochs=1500, optimizer="adam",
                lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999),
-    "s4": dict(family="dcgan", variant="s4", resolution=128, channels=1, latent_dim=100,
-               width=1.0, batch_size=64, epochs=500, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
-               beta1=0.5, beta2=0.999, dcgan_classes="minority"),
+    "s4": dict(family="dcgan", variant="s4", resolution=128, channels=3, latent_dim=100,
+               width=1.0, batch_size=64, g_batch_size=128, d_updates="separate", epochs=500,
+               optimizer="adam", lr_g=1e-4, lr_d=2e-5, beta1=0.5, beta2=0.999,
+               dcgan_classes="minority"),
 }
 
 

@@ -48,20 +48,67 @@ def _collate(items: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, tor
 def make_loader(cfg: GANConfig, data: Any, class_indices: Sequence[int], ctx: RunContext
                 ) -> DataLoader:
     """Shuffled, drop_last loader over the trained classes; the order is a function of
-    (seed, epoch) via DistributedSampler.set_epoch (also with one process) so resume is exact."""
+    (seed, epoch) via `set_epoch` (also with one process) so resume is exact.  A per-class
+    DCGAN gets batches of one class at a time (S1: each class's pair trains on its own
+    batches of `batch_size` images, as many per epoch as its class has)."""
     labels = np.asarray(data.labels)
     rows = np.flatnonzero(np.isin(labels, list(class_indices)))
+    ds = ImageSetDataset(data.images, labels, rows)
+    common = dict(num_workers=cfg.num_workers, collate_fn=_collate,
+                  pin_memory=ctx.device.type == "cuda")
+    if cfg.family == "dcgan":
+        sampler = PerClassBatchSampler(labels[rows], class_indices, cfg.batch_size, ctx.rank,
+                                       ctx.world_size, cfg.seed)
+        return DataLoader(ds, batch_sampler=sampler, **common)
     per_rank = len(rows) // max(ctx.world_size, 1)
     if per_rank < cfg.batch_size:
         raise ValueError(f"{len(rows)} training images for classes {list(class_indices)} give "
                          f"{per_rank} per process, fewer than batch_size={cfg.batch_size}: "
                          "lower batch_size or use more data")
-    ds = ImageSetDataset(data.images, labels, rows)
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=cfg.seed)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=cfg.num_workers, collate_fn=_collate,
-                      pin_memory=ctx.device.type == "cuda")
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+
+
+class PerClassBatchSampler:
+    """Batches of a single class each, classes taking turns (round robin), every class's
+    images shuffled by (seed, epoch, class).  A class with fewer images than `batch_size`
+    is one batch of all its images per epoch.  Under DDP each rank takes an equal share of
+    every class, so all ranks train the same class's pair at the same step."""
+
+    def __init__(self, labels: np.ndarray, class_indices: Sequence[int], batch_size: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.labels, self.classes = np.asarray(labels), tuple(class_indices)
+        self.rank, self.world, self.seed = rank, world_size, seed
+        self.epoch = 0
+        shares = {c: int((self.labels == c).sum()) // world_size for c in self.classes}
+        small = {c: n for c, n in shares.items() if n < 2}
+        if small:
+            raise ValueError(f"classes {sorted(small)} have fewer than 2 training images per "
+                             f"process ({small}); a per-class DCGAN needs at least 2 per class "
+                             "(BatchNorm): add images or train fewer classes (dcgan_classes)")
+        self.batch = {c: min(batch_size, n) for c, n in shares.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _class_batches(self, c: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, c])
+        idx = rng.permutation(np.flatnonzero(self.labels == c))
+        share = len(idx) // self.world
+        mine, b = idx[self.rank * share:(self.rank + 1) * share], self.batch[c]
+        return [mine[i * b:(i + 1) * b].tolist() for i in range(len(mine) // b)]
+
+    def __iter__(self):
+        per_class = [self._class_batches(c) for c in self.classes]
+        for j in range(max(len(b) for b in per_class)):
+            for batches in per_class:
+                if j < len(batches):
+                    yield batches[j]
+
+    def __len__(self) -> int:
+        return sum(int((self.labels == c).sum()) // self.world // self.batch[c]
+                   for c in self.classes)
 
 
 def _to_device(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -78,8 +125,15 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     np.random.seed(s % (2 ** 32))
 
 
-def _unwrap(m: nn.Module) -> nn.Module:
-    return getattr(m, "module", m)
+def real_augment(cfg: GANConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """S0's shear/zoom of the real images during GAN training (None when both are 0).
+    Draws from the global RNG, which is seeded per epoch: resume stays exact."""
+    if not (cfg.real_shear or cfg.real_zoom):
+        return None
+    from trainables.data.augment import PositionalAugment
+
+    return PositionalAugment(translate=0.0, degrees=0.0, zoom=cfg.real_zoom, intensity=0.0,
+                             shear=cfg.real_shear)
 
 
 def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
@@ -109,20 +163,22 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     # Wrap after loading: DDP broadcasts rank 0's (restored) weights at construction.
     Gw, Dw = ctx.wrap_model(G), ctx.wrap_model(D)
     loader = make_loader(cfg, data, cls_idx, ctx)
+    sampler = loader.batch_sampler if cfg.family == "dcgan" else loader.sampler
+    augment = real_augment(cfg)
     fixed_labels = grid_labels(cls_idx, cfg.grid_per_class)
     reports: list[dict] = []
     for epoch in range(start_epoch, cfg.epochs):
         _seed_epoch(cfg.seed, epoch, ctx.rank)
-        loader.sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         Gw.train(); Dw.train()
         lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
         batches = itertools.islice(_to_device(loader, dev), cfg.steps_per_epoch)
-        m = train_epoch(Gw, Dw, opt_g, opt_d, batches, cfg, iteration)
+        m = train_epoch(Gw, Dw, opt_g, opt_d, batches, cfg, iteration, augment)
         iteration += int(m.pop("batches"))
         m = _mean_across_ranks(m, ctx)
         m = {"epoch": float(epoch), **m, **lrs, "world_size": float(ctx.world_size)}
         _step_schedulers(sched_g, sched_d)
-        samples = sample(G, fixed_labels, cfg.latent_dim, seed=cfg.seed)
+        samples = sample(G, fixed_labels, cfg.latent_dim, seed=cfg.seed, dist=cfg.latent_dist)
         reason = guard.update(m, samples, fixed_labels)
         if reason is None and evaluate is not None and ctx.is_main and (
                 (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):

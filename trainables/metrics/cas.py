@@ -42,8 +42,11 @@ def prepare(images: torch.Tensor, size: int, channels: int) -> torch.Tensor:
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, n_classes: int, *,
                      epochs: int = 15, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                     size: int = 32, device: torch.device | str = "cpu") -> nn.Module:
-    """Train a TinyCNN on (images in [-1,1], labels); seeded, independent of global RNG."""
+                     size: int = 32, min_steps: int = 0,
+                     device: torch.device | str = "cpu") -> nn.Module:
+    """Train a TinyCNN on (images in [-1,1], labels); seeded, independent of global RNG.
+    At least `min_steps` optimizer steps (more epochs where the set is small): counted in
+    epochs alone, 59 images got 15 steps and a classifier at chance."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need as many labels as images (>0); got {len(images)}/{len(labels)}")
     x = prepare(images, size, images.shape[1]).to(device)
@@ -54,7 +57,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, n_classes: int,
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed)
         model.train()
-        for _ in range(epochs):
+        per_epoch = max(1, sum(len(i) >= 2 for i in torch.arange(len(x)).split(batch_size)))
+        for _ in range(max(epochs, -(-min_steps // per_epoch))):
             for idx in torch.randperm(len(x), generator=gen).split(batch_size):
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
@@ -99,11 +103,11 @@ def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, *,
 def classification_accuracy_score(fake: torch.Tensor, fake_labels: torch.Tensor,
                                   real: torch.Tensor, real_labels: np.ndarray | torch.Tensor,
                                   n_classes: int, *, epochs: int = 15, size: int = 32,
-                                  seed: int = 0, n_boot: int = 1000,
+                                  seed: int = 0, n_boot: int = 1000, min_steps: int = 0,
                                   device: torch.device | str = "cpu") -> dict[str, float]:
     """CAS: train on `fake` only, score on the `real` validation images (acc, macro-F1, CIs)."""
     model = train_classifier(fake, fake_labels, n_classes, epochs=epochs, size=size,
-                             seed=seed, device=device)
+                             seed=seed, min_steps=min_steps, device=device)
     y_pred = predict(model, prepare(real, size, fake.shape[1]), size=size)
     out = bootstrap_scores(np.asarray(real_labels), y_pred, n_classes, n_boot=n_boot, seed=seed)
     out["n_train"] = float(len(fake))

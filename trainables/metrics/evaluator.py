@@ -1,9 +1,15 @@
 """Per-epoch GAN evaluation from a fixed noise-and-label set, with cached real statistics.
 
-The GAN loop builds one `GanEvaluator` per trial and calls it on a schedule
-(`evaluator.due(epoch)`), never every batch.  A metric that cannot be computed (no FID
-weights, no logits, no real training images for the reference classifier) is left out of
+The GAN loop builds one `GanEvaluator` per trial and calls it on a schedule (every
+`eval_every` epochs), never every batch.  A metric that cannot be computed (no FID weights,
+no logits, a one-class generator for CAS, a reference classifier at chance) is left out of
 the returned dict and its reason is kept in `protocol["skipped"]`: nothing is faked.
+
+CAS (Ravuri & Vinyals 2019) trains a small classifier on as many fakes per class as the
+real validation set has images of that class, and reports beside it the same classifier's
+accuracy when trained on as many *real* training images (`cas_real_acc`, the ceiling).  A
+ceiling whose 95 % interval reaches chance (the majority-class rate) means CAS cannot
+measure anything at this budget: CAS is then skipped with that reason.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from trainables.gan.sampling import draw_latent
 
 from . import cas as cas_mod
 from . import visual
@@ -32,37 +40,49 @@ _FEATURE_METRICS = ("fid", "kid", "intra_fid", "is")
 class GanEvaluator:
     """`evaluator(G, epoch) -> dict[str, float]`; `protocol` says how every number was made.
 
-    real: the real images the fakes are compared with (normally the validation split).
-    n_fake: fakes per evaluation (default len(real): FID is only comparable at equal N).
-    real_train: real training images for the reference classifier of the class check.
-    every: evaluate every `every` epochs (see `due`).
+    real: the real images the fakes are compared with (the selection hold-out, never test).
+    n_fake: fakes per evaluation for the feature metrics (default len(real): FID is only
+    comparable at equal N).
+    classes: the class indices G was trained for (None = all); the real set is restricted to
+    them, and a one-class generator gets no CAS and no class check (with the reason).
+    real_train: real training images for the reference classifier (CAS ceiling, class check).
+    latent_dist: the distribution G was trained with ("normal" | "uniform").
     """
 
     def __init__(self, real, *, metrics=METRICS, n_fake: int | None = None,
                  extractor: str = "auto", dims: int | None = None, weights_path=None,
                  cache_dir=None, seed: int = 0, device=None, latent_dim: int = 100,
-                 real_train=None, every: int = 1, cas_epochs: int = 15, cas_size: int = 32,
-                 batch_size: int = 50, hub_dir=None, torchscript_dir=None):
+                 latent_dist: str = "normal", classes=None, real_train=None,
+                 cas_epochs: int = 15, cas_size: int = 32, cas_min_steps: int = 200,
+                 batch_size: int = 50,
+                 hub_dir=None, torchscript_dir=None):
         unknown = set(metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {METRICS}")
+        self.n_classes = len(real.classes)
+        real, real_train = _only_classes(real, classes), _only_classes(real_train, classes)
         if len(real) < 3:
             raise ValueError(f"real image set {getattr(real, 'split', '')!r} has {len(real)} "
                              "images; evaluation needs at least 3")
         self.real, self.real_train, self.metrics = real, real_train, tuple(metrics)
-        self.n_fake, self.every, self.seed = int(n_fake or len(real)), int(every), seed
+        self.n_fake, self.seed = int(n_fake or len(real)), seed
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cas_epochs, self.cas_size, self.batch_size = cas_epochs, cas_size, batch_size
-        self.n_classes = len(real.classes)
-        self.z, self.labels = fixed_inputs(self.n_fake, latent_dim, real.labels, seed)
+        self.cas_min_steps = cas_min_steps
+        self.one_class = len(np.unique(real.labels)) < 2
+        self.z, self.labels = fixed_inputs(self.n_fake, latent_dim, real.labels, seed, latent_dist)
+        # CAS trains on as many fakes per class as the real set has (its own fixed inputs).
+        self.cas_z, self.cas_labels = fixed_inputs(len(real), latent_dim, real.labels, seed + 1,
+                                                   latent_dist)
         self.cache = StatsCache(cache_dir)
         self.protocol: dict = {"n_real": len(real), "n_fake": self.n_fake, "seed": seed,
                                "real_split": real.split, "real_fingerprint": real.fingerprint,
-                               "resolution": int(real.images.shape[1]), "skipped": {}}
+                               "resolution": int(real.images.shape[1]), "latent": latent_dist,
+                               "cas_n_train": len(real), "skipped": {}}
         self.extractor = self._load_extractor(extractor, dims, weights_path, hub_dir,
                                               torchscript_dir)
         self._real_float = _float_images(real.images)
-        self._ref_classifier = self._train_reference() if "visual" in self.metrics else None
+        self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
 
     # -- set-up -------------------------------------------------------------------------
     def _skip(self, metric: str, reason: str) -> None:
@@ -101,29 +121,52 @@ class GanEvaluator:
                     "mu": f.mean(0), "sigma": np.cov(f, rowvar=False)}
         return self.cache.get(key, compute)
 
-    def _train_reference(self):
-        if self.real_train is None:
-            self._skip("class_confusion", "no real_train images given: the reference "
-                       "classifier for the class check is trained on real training images")
+    def _train_reference(self) -> dict | None:
+        """The CAS ceiling: the CAS classifier trained with the same budget on real training
+        images (as many per class as CAS gets fakes), scored on the real set.  Also the
+        independent classifier of the class check.  Skips CAS when it is at chance."""
+        if self.one_class:
+            reason = "a one-class generator: CAS and the class check need two or more classes"
+            for m in ("cas", "class_check"):
+                self._skip(m, reason)
             return None
-        return cas_mod.train_classifier(_float_images(self.real_train.images),
-                                        torch.as_tensor(self.real_train.labels),
-                                        self.n_classes, epochs=self.cas_epochs,
-                                        size=self.cas_size, seed=self.seed, device=self.device)
+        if self.real_train is None:
+            self._skip("class_check", "no real_train images given: the reference classifier "
+                       "(CAS ceiling, class check) is trained on real training images")
+            return None
+        rows = _like_counts(np.asarray(self.real_train.labels), self.cas_labels.numpy(), self.seed)
+        model = cas_mod.train_classifier(
+            _float_images(np.asarray(self.real_train.images[rows])),
+            torch.as_tensor(np.asarray(self.real_train.labels)[rows]), self.n_classes,
+            epochs=self.cas_epochs, size=self.cas_size, seed=self.seed,
+            min_steps=self.cas_min_steps, device=self.device)
+        y_pred = cas_mod.predict(model, self._real_float, size=self.cas_size)
+        ceiling = cas_mod.bootstrap_scores(np.asarray(self.real.labels), y_pred, self.n_classes,
+                                           seed=self.seed)
+        chance = float(np.bincount(np.asarray(self.real.labels)).max() / len(self.real))
+        self.protocol.update(cas_real_n_train=int(len(rows)), cas_chance=chance,
+                             cas_real_acc=ceiling["acc"])
+        if "cas" in self.metrics and ceiling["acc_ci_low"] <= chance:
+            self._skip("cas", f"the CAS classifier trained on {len(rows)} real images reaches "
+                       f"accuracy {ceiling['acc']:.3f} [{ceiling['acc_ci_low']:.3f}, "
+                       f"{ceiling['acc_ci_high']:.3f}] on the real set, not above chance "
+                       f"({chance:.3f}): CAS cannot measure anything at this budget "
+                       "(raise cas_epochs / cas_size, or use more validation images)")
+        return {"model": model, "ceiling": ceiling, "chance": chance}
 
     # -- evaluation ----------------------------------------------------------------------
-    def due(self, epoch: int, last_epoch: int | None = None) -> bool:
-        """Evaluate at every `every`-th epoch (1-based) and at the last one."""
-        return (epoch + 1) % self.every == 0 or (last_epoch is not None and epoch == last_epoch)
-
     @torch.no_grad()
-    def generate(self, G: torch.nn.Module) -> np.ndarray:
-        """The fixed noise-and-label set through G, quantised to uint8 NHWC."""
+    def generate(self, G: torch.nn.Module, z: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None) -> np.ndarray:
+        """Fixed noise and labels (default: the feature metrics' set) through G in eval
+        mode, quantised to uint8 NHWC."""
+        z = self.z if z is None else z
+        labels = self.labels if labels is None else labels
         was_training = G.training
         G.eval()
         try:
-            out = [to_uint8(G(z.to(self.device), y.to(self.device)))
-                   for z, y in zip(self.z.split(self.batch_size), self.labels.split(self.batch_size))]
+            out = [to_uint8(G(zb.to(self.device), yb.to(self.device)))
+                   for zb, yb in zip(z.split(self.batch_size), labels.split(self.batch_size))]
         finally:
             G.train(was_training)
         return np.concatenate(out)
@@ -139,14 +182,24 @@ class GanEvaluator:
         if self.extractor is not None:
             out.update(self._feature_metrics(fake, labels))
         fake_f = _float_images(fake)
-        if "cas" in self.metrics:
-            s = cas_mod.classification_accuracy_score(
-                fake_f, self.labels, self._real_float, self.real.labels, self.n_classes,
-                epochs=self.cas_epochs, size=self.cas_size, seed=self.seed, device=self.device)
-            out.update({f"cas_{k}": v for k, v in s.items()})
+        if "cas" in self.metrics and "cas" not in self.protocol["skipped"]:
+            out.update(self._cas(G))
         if "visual" in self.metrics:
             out.update(self._visual(fake_f, labels, aux_classifier))
         out["eval_seconds"] = time.perf_counter() - t0
+        return out
+
+    def _cas(self, G: torch.nn.Module) -> dict[str, float]:
+        fake = _float_images(self.generate(G, self.cas_z, self.cas_labels))
+        s = cas_mod.classification_accuracy_score(
+            fake, self.cas_labels, self._real_float, self.real.labels, self.n_classes,
+            epochs=self.cas_epochs, size=self.cas_size, seed=self.seed,
+            min_steps=self.cas_min_steps, device=self.device)
+        out = {f"cas_{k}": v for k, v in s.items()}
+        if self._reference is not None:
+            ceiling = self._reference["ceiling"]
+            out.update(cas_real_acc=ceiling["acc"], cas_real_f1=ceiling["f1"],
+                       cas_chance=self._reference["chance"])
         return out
 
     def _feature_metrics(self, fake: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -176,14 +229,16 @@ class GanEvaluator:
             out.update(kid=k.kid, kid_se=k.se, kid_ci_low=k.ci_low, kid_ci_high=k.ci_high)
         if want_logits:
             out["is"], out["is_std"] = inception_score(logits, splits=min(10, len(f)))
+        if "visual" in self.metrics:
+            out["diversity_ratio"] = visual.diversity_ratio(f, labels, rf, rl)
         return out
 
     def _visual(self, fake: torch.Tensor, labels: np.ndarray, aux) -> dict[str, float]:
-        out = {"diversity_ratio": visual.diversity_ratio(fake, labels, self._real_float,
-                                                         self.real.labels),
-               "constant_frac": visual.constant_fraction(fake)}
-        if self._ref_classifier is not None:
-            ref = cas_mod.predict(self._ref_classifier, fake, size=self.cas_size)
+        out = {"constant_frac": visual.constant_fraction(fake)}
+        if self.extractor is None:
+            self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
+        if self._reference is not None:
+            ref = cas_mod.predict(self._reference["model"], fake, size=self.cas_size)
             out["ref_class_acc"] = visual.class_agreement(ref, labels)
             if aux is not None:
                 with torch.no_grad():
@@ -206,13 +261,35 @@ class GanEvaluator:
                          title=title or f"t-SNE, {self.extractor.name} {self.extractor.dims}-d")
 
 
-def fixed_inputs(n: int, latent_dim: int, real_labels: np.ndarray,
-                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded z ~ N(0, I) and labels in the real set's class proportions (tiled, shuffled)."""
+def fixed_inputs(n: int, latent_dim: int, real_labels: np.ndarray, seed: int,
+                 dist: str = "normal") -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded z (from `dist`) and labels in the real set's class proportions (tiled,
+    shuffled): n = len(real_labels) gives exactly the real set's count per class."""
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, latent_dim, generator=gen)
+    z = draw_latent(n, latent_dim, dist, generator=gen)
     labels = torch.as_tensor(np.resize(np.sort(np.asarray(real_labels)), n), dtype=torch.long)
     return z, labels[torch.randperm(n, generator=gen)]
+
+
+def _only_classes(image_set, classes):
+    """`image_set` restricted to the class indices `classes` (None or all: unchanged)."""
+    if image_set is None or classes is None:
+        return image_set
+    keep = np.isin(np.asarray(image_set.labels), list(classes))
+    if keep.all():
+        return image_set
+    from trainables.data.selection import subset
+
+    return subset(image_set, keep, f"{image_set.split}[classes {','.join(map(str, classes))}]")
+
+
+def _like_counts(pool_labels: np.ndarray, want_labels: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded rows of `pool_labels` with as many of each class as `want_labels` has (fewer
+    where the pool has fewer)."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(pool_labels == c))[:int((want_labels == c).sum())]
+            for c in np.unique(want_labels)]
+    return np.sort(np.concatenate(rows))
 
 
 def _float_images(images: np.ndarray) -> torch.Tensor:

@@ -17,7 +17,8 @@ import math
 import torch
 from torch import nn
 
-from trainables.models.init import center_crop, init_normal_, scaled, upsampling_plan
+from trainables.models.init import (MinibatchStd, center_crop, init_normal_, scaled,
+                                    upsampling_plan)
 
 ACGAN_VARIANTS = ("s0", "s3")
 
@@ -32,7 +33,8 @@ class ACGANGenerator(nn.Module):
     """G(z, labels) -> images in [-1, 1], shape (N, channels, resolution, resolution)."""
 
     def __init__(self, num_classes: int, *, resolution: int = 112, channels: int = 3,
-                 latent_dim: int = 100, width: float = 1.0, embed_dim: int = 50):
+                 latent_dim: int = 100, width: float = 1.0, embed_dim: int = 50,
+                 z_bias: bool = True):
         super().__init__()
         self.num_classes, self.latent_dim, self.resolution = num_classes, latent_dim, resolution
         self.base = upsampling_plan(resolution, 4)
@@ -40,7 +42,7 @@ class ACGANGenerator(nn.Module):
         area = self.base * self.base
         self.label_map = nn.Sequential(nn.Embedding(num_classes, embed_dim), nn.Linear(embed_dim, area))
         # ReLU after the z projection as in the Keras AC-GAN the seeds build on.
-        self.z_map = nn.Sequential(nn.Linear(latent_dim, c0 * area), nn.ReLU(True))
+        self.z_map = nn.Sequential(nn.Linear(latent_dim, c0 * area, bias=z_bias), nn.ReLU(True))
         chans = [c0 + 1, scaled(512, width), scaled(256, width), scaled(128, width), channels]
         layers: list[nn.Module] = []
         for i in range(4):
@@ -65,7 +67,8 @@ class ACGANDiscriminator(nn.Module):
     predicts the class instead of receiving it)."""
 
     def __init__(self, num_classes: int, *, resolution: int = 112, channels: int = 3,
-                 width: float = 1.0, variant: str = "s0", dropout: float = 0.5):
+                 width: float = 1.0, variant: str = "s0", dropout: float = 0.5,
+                 minibatch_std: bool = False):
         super().__init__()
         if variant not in _D_BLOCKS:
             raise ValueError(f"unknown AC-GAN variant {variant!r}; choose one of {ACGAN_VARIANTS}")
@@ -76,6 +79,9 @@ class ACGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1), nn.BatchNorm2d(c),
                        nn.LeakyReLU(0.2, True), nn.Dropout(dropout)]
             c_in, side = c, math.ceil(side / stride)
+        if minibatch_std:  # an extra channel before the heads (not in S0/S3)
+            layers.append(MinibatchStd())
+            c_in += 1
         self.features = nn.Sequential(*layers, nn.Flatten())
         flat = c_in * side * side
         self.source = nn.Linear(flat, 1)
