@@ -13,6 +13,7 @@ LR_RANGE = (1e-5, 1e-2)  # S2 ran SGD at 1e-2; the others Adam at 2e-4
 BATCH_SIZES = [4, 8, 16, 32, 64, 128]  # S2 run 1 used 4
 K_CHOICES = [2, 5, 7, 9, 10, 12, 15, 20]  # one D step per K G steps; S2 tried 5..20
 SCHEDULERS = ["none", "cosine_warm_restarts", "step", "exponential"]
+DIFFAUGMENT = ["", "color,translation,cutout"]  # off, or the DiffAugment paper's full policy
 PBT_MUTATIONS = {"lr_g": LR_RANGE, "lr_d": LR_RANGE, "label_smoothing": (0.0, 0.3)}
 
 
@@ -39,6 +40,8 @@ def space(trial, max_epochs: int = 100) -> None:
         trial.suggest_float("gamma", 0.9, 0.999)
     trial.suggest_float("label_smoothing", 0.0, 0.3)
     trial.suggest_categorical("batch_size", BATCH_SIZES)
+    # Data-efficient training (Zhao et al. 2020): the seed sets are small (S1: 270 images).
+    trial.suggest_categorical("diffaugment", DIFFAUGMENT)
 
 
 def to_config(params: dict) -> dict:
@@ -60,6 +63,7 @@ def first_points(preset: dict, max_epochs: int = 100) -> list[dict]:
 
     preset = GANConfig.from_dict(preset).to_dict()
     point: dict = {key: preset[key] for key in ("lr_g", "lr_d", "label_smoothing", "batch_size")}
+    point["diffaugment"] = preset["diffaugment"] if preset["diffaugment"] in DIFFAUGMENT else ""
     point["optimizer"] = preset.get("optimizer", "adam")
     if point["optimizer"] == "adam":
         point["beta1"] = preset.get("beta1", 0.5)

@@ -49,3 +49,13 @@ def test_tune_overhead_prints_both_comparisons(covid3_dir, tmp_path):
     out = run("tune_overhead.py", "--data", str(covid3_dir), "--trials", "1", "--epochs", "1",
               "--compare-searchers", "2", tmp_path=tmp_path)
     assert "Tune overhead ratio" in out and "ratio random/optuna" in out
+
+
+def test_gan_learns_prints_the_table_and_writes_grids(covid3_dir, tmp_path):
+    out = run("gan_learns.py", "--families", "dcgan", "--minutes", "0", "--data", str(covid3_dir),
+              "--resolution", "32", "--width", "0.125", "--steps-per-epoch", "2", "--n-fake", "8",
+              "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "stats"),
+              tmp_path=tmp_path)
+    assert "| dcgan | 1 |" in out and "real-vs-real floor" in out
+    assert (tmp_path / "out" / "dcgan_first_grid.png").is_file()
+    assert (tmp_path / "out" / "table.md").read_text().startswith("| family |")

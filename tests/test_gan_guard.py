@@ -103,3 +103,18 @@ def test_train_gan_stops_when_discriminator_wins(small_covid3, tmp_path):
     assert all(g[e] <= g[e - 1] for e in range(1, stop))
     # a guard stop that is not NaN keeps its checkpoint for inspection
     assert (tmp_path / f"epoch_{stop:04d}" / "state.pt").is_file()
+
+
+def test_within_class_collapse_stops_after_patience_low_evaluations():
+    g = DivergenceGuard(0.01, patience=2, collapse_std=0.0, warmup=1, min_diversity=0.45)
+    assert g.after_eval({"epoch": 0, "diversity_ratio": 0.1}) is None  # warm-up
+    assert g.after_eval({"epoch": 1, "diversity_ratio": 0.3}) is None
+    assert g.after_eval({"epoch": 2, "diversity_ratio": 0.6}) is None  # a healthy one resets
+    assert g.after_eval({"epoch": 3, "diversity_ratio": 0.3}) is None
+    assert g.after_eval({"epoch": 4}) is None  # not evaluated: no evidence either way
+    reason = g.after_eval({"epoch": 5, "diversity_ratio": 0.2})
+    assert reason and "near-copies" in reason and "0.300, 0.200" in reason
+    resumed = DivergenceGuard(0.01, 2, 0.0, 1, 0.45)
+    resumed.load_state_dict(g.state_dict())
+    assert resumed.low_diversity == g.low_diversity
+    assert DivergenceGuard(0.01, 2, 0.0).after_eval({"epoch": 9, "diversity_ratio": 0.0}) is None  # off

@@ -51,7 +51,7 @@ def build_models(cfg: GANConfig, num_classes: int, classes: Sequence[str] | None
     G = build_generator(cfg, num_classes, classes, class_indices)
     if cfg.family == "acgan":
         return G, ACGANDiscriminator(num_classes, variant=cfg.variant,
-                                     minibatch_std=cfg.d_minibatch_std, **common)
+                                     regularization=cfg.d_regularization, **common)
     if cfg.family == "cgan":
         return G, CGANDiscriminator(num_classes, embed_dim=cfg.embed_dim, **common)
     return G, PerClassDiscriminator(G.class_indices, classes, variant=cfg.variant, **common)

@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 
 from trainables.gan.diffaugment import parse_policy
 from trainables.gan.sampling import LATENT_DISTS
-from trainables.models.acgan import ACGAN_VARIANTS
+from trainables.models.acgan import ACGAN_VARIANTS, D_REGULARIZATION
 from trainables.models.cgan import CGAN_VARIANTS
 from trainables.models.dcgan import DCGAN_VARIANTS
 
@@ -53,7 +53,8 @@ class GANConfig:
     gamma: float = 0.95                   # StepLR / ExponentialLR factor
     label_smoothing: float = 0.0          # one-sided: D's real target is 1 - label_smoothing
     flip_labels_g: bool = True            # G trained with fakes labelled real (non-saturating loss)
-    d_minibatch_std: bool = False         # D sees each batch's spread (Karras et al. 2018); AC-GAN
+    d_regularization: str = "dcgan"       # AC-GAN D: "dcgan" (no BN on the input block, dropout
+                                          # 0.25) | "seed" (S0/S3's text: BN + dropout 0.5 everywhere)
     aux_weight: float = 1.0               # AC-GAN: L = L_source + aux_weight * L_class (S0: 1)
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
@@ -61,6 +62,7 @@ class GANConfig:
     guard_d_loss_floor: float = 0.01      # D loss below this ...
     guard_patience: int = 5               # ... for this many epochs with G loss rising -> stop
     guard_collapse_std: float = 1e-3      # per-pixel std of the fixed samples below this -> stop (0 = off)
+    guard_min_diversity: float = 0.0      # diversity_ratio below this at guard_patience evaluations -> stop (0 = off)
     guard_warmup: int = 5                 # no collapse check before this epoch (a fresh G is near-constant)
     dcgan_classes: Optional[Union[str, tuple]] = None  # None = all; class names/indices; or "minority"
     amp: bool = True                      # bf16 autocast on CUDA; no-op on CPU
@@ -132,6 +134,8 @@ def _problems(c: GANConfig) -> list[str]:
         (c.t_0 >= 1, f"t_0={c.t_0} must be >= 1"),
         (c.step_size >= 1, f"step_size={c.step_size} must be >= 1"),
         (0 < c.gamma <= 1, f"gamma={c.gamma} must be in (0, 1]"),
+        (c.d_regularization in D_REGULARIZATION,
+         f"d_regularization={c.d_regularization!r}: choose one of {sorted(D_REGULARIZATION)}"),
         (c.aux_weight >= 0, f"aux_weight={c.aux_weight} must be >= 0"),
         (0 <= c.label_smoothing < 0.5, f"label_smoothing={c.label_smoothing} must be in [0, 0.5)"),
         (c.eval_every >= 1, f"eval_every={c.eval_every} must be >= 1"),
@@ -139,6 +143,7 @@ def _problems(c: GANConfig) -> list[str]:
         (c.guard_d_loss_floor >= 0, f"guard_d_loss_floor={c.guard_d_loss_floor} must be >= 0"),
         (c.guard_patience >= 2, f"guard_patience={c.guard_patience} must be >= 2 (a rise needs 2 epochs)"),
         (c.guard_collapse_std >= 0, f"guard_collapse_std={c.guard_collapse_std} must be >= 0"),
+        (0 <= c.guard_min_diversity < 1, f"guard_min_diversity={c.guard_min_diversity} must be in [0, 1)"),
         (c.guard_warmup >= 0, f"guard_warmup={c.guard_warmup} must be >= 0"),
         (c.num_workers >= 0, f"num_workers={c.num_workers} must be >= 0"),
         (c.dcgan_classes is None or c.dcgan_classes == "minority"

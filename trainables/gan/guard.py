@@ -1,11 +1,15 @@
 """Divergence guard: end a run that is burning its budget, with a recorded reason.
 
-Three triggers (shared/SYSTEMS.md S2's failures and the obvious one):
+Four triggers (shared/SYSTEMS.md S2's failures, AC-GAN's within-class collapse, and the
+obvious one):
 - a non-finite G or D loss;
 - D loss below a floor for `patience` epochs while G loss rose in each of them (D wins, G
   diverges);
 - a collapsed generator: the per-pixel std across the fixed samples of a class ~ 0 (S2's
-  uniform grey image).
+  uniform grey image);
+- near-copies within a class: the evaluator's `diversity_ratio` (Inception-feature spread of
+  a class's fakes against its real images, smallest over classes) below `min_diversity` at
+  `patience` evaluations in a row (checked after evaluation, from `warmup` on).
 """
 from __future__ import annotations
 
@@ -54,11 +58,13 @@ def collapse_reason(samples: torch.Tensor, labels: torch.Tensor, min_std: float)
 class DivergenceGuard:
     """Keeps the loss history and applies the three checks once per epoch."""
 
-    def __init__(self, d_loss_floor: float, patience: int, collapse_std: float, warmup: int = 0):
+    def __init__(self, d_loss_floor: float, patience: int, collapse_std: float, warmup: int = 0,
+                 min_diversity: float = 0.0):
         self.d_loss_floor, self.patience, self.collapse_std = d_loss_floor, patience, collapse_std
-        self.warmup = warmup
+        self.warmup, self.min_diversity = warmup, min_diversity
         self.d_losses: list[float] = []
         self.g_losses: list[float] = []
+        self.low_diversity: list[float] = []  # the current run of evaluations below the floor
 
     def update(self, metrics: dict[str, float], samples: torch.Tensor,
                labels: torch.Tensor) -> str | None:
@@ -74,9 +80,24 @@ class DivergenceGuard:
                 or (collapse_reason(samples, labels, self.collapse_std)
                     if metrics.get("epoch", 0) >= self.warmup else None))
 
+    def after_eval(self, metrics: dict[str, float]) -> str | None:
+        """The within-class collapse check on an evaluated epoch's `diversity_ratio`."""
+        value = metrics.get("diversity_ratio")
+        if self.min_diversity <= 0 or value is None or metrics.get("epoch", 0) < self.warmup:
+            return None
+        self.low_diversity = self.low_diversity + [float(value)] if value < self.min_diversity else []
+        if len(self.low_diversity) >= self.patience:
+            return (f"generator collapsed within a class: diversity_ratio "
+                    f"{', '.join(f'{v:.3f}' for v in self.low_diversity[-self.patience:])} < "
+                    f"guard_min_diversity {self.min_diversity} at {self.patience} evaluations "
+                    "in a row (a class's samples are near-copies of one another)")
+        return None
+
     def state_dict(self) -> dict:
-        return {"d_losses": list(self.d_losses), "g_losses": list(self.g_losses)}
+        return {"d_losses": list(self.d_losses), "g_losses": list(self.g_losses),
+                "low_diversity": list(self.low_diversity)}
 
     def load_state_dict(self, state: dict) -> None:
         self.d_losses = [float(x) for x in state["d_losses"]]
         self.g_losses = [float(x) for x in state["g_losses"]]
+        self.low_diversity = [float(x) for x in state.get("low_diversity", [])]

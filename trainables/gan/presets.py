@@ -8,7 +8,11 @@ authors most plausibly did; those guesses are listed per preset:
   sheared and zoomed during GAN training ("data augmentation -> shearing and zooming", seed
   slides).  Guessed: smoothing amount 0.1, shear up to 5 degrees and zoom up to 10 % (the
   seed gives no ranges; Keras' usual `shear_range=0.2` is in degrees, i.e. no shear at all),
-  the label embedding size 50 (as S3), D kernel 3.
+  the label embedding size 50 (as S3).  Not the seed's: D's blocks follow DCGAN's conventions
+  (kernel 4, no BatchNorm on the input block, Dropout 0.25; `d_regularization="dcgan"`)
+  instead of S0's BN + Dropout(0.5) in every block: with the latter our AC-GAN drew one image
+  per class within 5 epochs in every 64 px run (see `trainables/models/acgan.py`);
+  `--set d_regularization=seed` restores the seed's text.
 - s1 (per-class DCGAN): one DCGAN per class, each pair trained on batches of its own class
   only (as many steps per epoch as its class has batches), 64x64x1, z ~ U(-1, 1) ("100 random
   numbers drawn from a uniform distribution"), batch 32, Adam 2e-4 betas (0.5, 0.999),
@@ -17,8 +21,11 @@ authors most plausibly did; those guesses are listed per preset:
   CosineAnnealingWarmRestarts restarting every 10 epochs, one D step every K=10 G steps,
   filters 256 halving.  Guessed: batch 4 (run 1's; run 3 states none), 1000 epochs (the seed
   ran "600+"), label embedding 50.
-- s3 (CovidGAN): AC-GAN at 112x112x3 with the alternating-stride D, Adam 2e-4 / beta1 0.5,
-  batch 64, 1,500 epochs.  Guessed: no label smoothing (the seed names none).
+- s3 (CovidGAN): AC-GAN at 112x112x3 with the alternating-stride D as stated (kernel 3, BN and
+  Dropout 0.5 in every block: `d_regularization="seed"`, ~2.4 M parameters, "approximately
+  2 M"), Adam 2e-4 / beta1 0.5, batch 64, 1,500 epochs.  Guessed: no label smoothing (the seed
+  names none).  This D is the one that collapsed in our S0 runs; `--set d_regularization=dcgan`
+  is the alternative.
 - s4 (DCGAN 128 px, the minority class only): as the authors' code (korasagar/DCGAN-ChestXray
   `DCGAN.py`): 128x128x3, z ~ N(0, 1), no BatchNorm, D Adam 2e-5 and G Adam 1e-4 (beta1 0.5),
   each step one D update on 64 real images and one on 64 fakes, then one G update on 128 z,
@@ -30,7 +37,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_ARCH_KEYS = ("variant", "dcgan_classes", "embed_dim", "d_updates", "g_batch_size")
+_ARCH_KEYS = ("variant", "dcgan_classes", "embed_dim", "d_updates", "g_batch_size",
+              "d_regularization")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "s0": dict(family="acgan", variant="s0", resolution=112, channels=3, latent_dim=100,
@@ -45,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                beta1=0.9, beta2=0.999, scheduler="cosine_warm_restarts", t_0=10,
                g_steps_per_d=10),
     "s3": dict(family="acgan", variant="s3", resolution=112, channels=3, latent_dim=100,
-               width=1.0, embed_dim=50, batch_size=64, epochs=1500, optimizer="adam",
+               width=1.0, embed_dim=50, d_regularization="seed", batch_size=64, epochs=1500, optimizer="adam",
                lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999),
     "s4": dict(family="dcgan", variant="s4", resolution=128, channels=3, latent_dim=100,
                width=1.0, batch_size=64, g_batch_size=128, d_updates="separate", epochs=500,

@@ -155,7 +155,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     opt_g, opt_d = build_optimizer(cfg, G.parameters(), cfg.lr_g), build_optimizer(cfg, D.parameters(), cfg.lr_d)
     sched_g, sched_d = build_scheduler(cfg, opt_g), build_scheduler(cfg, opt_d)
     guard = DivergenceGuard(cfg.guard_d_loss_floor, cfg.guard_patience, cfg.guard_collapse_std,
-                            cfg.guard_warmup)
+                            cfg.guard_warmup, cfg.guard_min_diversity)
     start_epoch, iteration = 0, 0
     if ctx.resume_dir is not None:
         start_epoch, iteration = _resume(ctx.resume_dir, cfg, classes, G, D, opt_g, opt_d,
@@ -185,6 +185,8 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
             G.eval(); D.eval()
             m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch).items()})
             G.train(); D.train()
+            reason = guard.after_eval(m)
+        reason = _agree(reason, ctx)
         m["diverged"] = 1.0 if reason else 0.0
         if reason:
             m["stop_reason"] = reason
@@ -276,6 +278,20 @@ def _mean_across_ranks(m: dict[str, float], ctx: RunContext) -> dict[str, float]
     out = dict(zip(keys, (t / ctx.world_size).tolist()))
     out["images_per_s"] *= ctx.world_size
     return out
+
+
+def _agree(reason: str | None, ctx: RunContext) -> str | None:
+    """Under DDP only rank 0 evaluates, so a stop it decides there is broadcast: all ranks
+    stop at the same epoch (a rank left training alone would hang in its next all-reduce)."""
+    import torch.distributed as dist
+
+    if ctx.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return reason
+    flag = torch.tensor([1.0 if reason else 0.0], device=ctx.device)
+    dist.broadcast(flag, src=0)
+    if flag.item() and reason is None:
+        return "stopped with rank 0 (its guard fired after evaluation; see rank 0's report)"
+    return reason
 
 
 def _step_schedulers(*scheds) -> None:

@@ -189,6 +189,15 @@ class GanEvaluator:
         out["eval_seconds"] = time.perf_counter() - t0
         return out
 
+    def fid_of(self, images: np.ndarray) -> float:
+        """FID of any uint8 NHWC images against the real set (e.g. real-vs-real: the floor
+        that FID at this N cannot go below)."""
+        if self.extractor is None:
+            raise RuntimeError("FID needs Inception features: " +
+                               "; ".join(self.protocol["skipped"].values()))
+        f, _ = self.extractor.features(np.asarray(images), self.batch_size)
+        return frechet_distance_from_features(self._real_stats()["features"], f, self.device)
+
     def _cas(self, G: torch.nn.Module) -> dict[str, float]:
         fake = _float_images(self.generate(G, self.cas_z, self.cas_labels))
         s = cas_mod.classification_accuracy_score(

@@ -52,21 +52,3 @@ def count_params(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
-
-class MinibatchStd(nn.Module):
-    """Appends one channel: the mean over features of the per-position std across groups of
-    up to `group` samples (Karras et al. 2018).  It lets D see how alike the images of a
-    batch are, so G cannot make every sample of a class the same image unnoticed (D's
-    step sees real and fake in separate batches, so the fake batch's spread is visible)."""
-
-    def __init__(self, group: int = 4):
-        super().__init__()
-        self.group = group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        g = max(d for d in range(1, min(self.group, n) + 1) if n % d == 0)
-        y = x.float().view(g, -1, c, h, w)
-        y = (y - y.mean(0)).pow(2).mean(0).add(1e-8).sqrt().mean(dim=(1, 2, 3))
-        y = y.view(-1, 1, 1, 1).repeat(g, 1, h, w).to(x.dtype)
-        return torch.cat([x, y], dim=1)
