@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator.driver import parse_overrides
 from trainables.context import standalone_context
 from trainables.data.selection import load_selection_sets
 from trainables.gan import GANConfig, load_generator, preset, train_gan
@@ -33,22 +34,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid19
 
 class BudgetSpent(Exception):
     """Raised from the report callback once the time budget is used up."""
-
-
-def parse_sets(items: list[str]) -> dict:
-    """--set key=value pairs, values parsed as numbers / booleans where they look like one."""
-    out = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        for cast in (int, float):
-            try:
-                out[key] = cast(text)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = {"true": True, "false": False}.get(text.lower(), text)
-    return out
 
 
 def train_for(cfg: GANConfig, train, run_dir: Path, minutes: float) -> list[dict]:
@@ -80,7 +65,7 @@ def evaluate_epoch(ev: GanEvaluator, epoch_dir: Path) -> dict[str, float]:
 def run_family(family: str, args, train, val, out: Path) -> dict:
     over = {**preset(FAMILY_PRESET[family]), "resolution": args.resolution, "channels": 1,
             "width": args.width, "steps_per_epoch": args.steps_per_epoch, "epochs": 100_000,
-            "grid_per_class": 8, **parse_sets(args.set)}
+            "grid_per_class": 8, **parse_overrides(args.set)}
     cfg = GANConfig.from_dict(over)
     print(f"{family} ({FAMILY_PRESET[family]} settings): {cfg}", flush=True)
     run_dir = out / family

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import time
 import sys
 from dataclasses import replace
@@ -127,14 +128,22 @@ def eval_settings(cfg: SearchConfig) -> dict:
     return out
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def parse_overrides(items) -> dict:
-    """`("width=0.25", "amp=false")` -> {"width": 0.25, "amp": False} (YAML scalars)."""
+    """`("width=0.25", "amp=false", "lr_g=1e-4")` -> {"width": 0.25, "amp": False,
+    "lr_g": 0.0001} (YAML scalars; a number YAML 1.1 reads as text, such as 1e-4 without a
+    dot, is a number)."""
     import yaml
 
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        out[key.strip()] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()):
+            parsed = float(parsed)
+        out[key.strip()] = parsed
     return out
 
 

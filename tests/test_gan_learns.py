@@ -1,5 +1,9 @@
 """A GAN trained by this tool learns real chest X-rays (issue 11): FID falls clearly and D
-scores the fakes alike in its own step and in G's step.
+is the same function in its own step and in G's step.
+
+`d_g_z1` is D's mean score of the fakes in its step (before its update), `d_g_z2` in G's step
+(after it): in a healthy run d_g_z2 is at or a little below d_g_z1 (S1's own logs:
+0.58 / 0.06).  The reverse is the bug's signature.
 
 With the old update step (real and fake concatenated into one batch for D's BatchNorm) this
 test fails: D's score of the fakes in its step fell towards 0 while G's step saw ~0.6, and
@@ -34,6 +38,6 @@ def test_acgan_learns_radiographs_on_cpu(radiography_dir, tmp_path):
            for e in (0, cfg.epochs - 1)]
     assert fid[1] <= 0.8 * fid[0], f"FID did not fall clearly: {fid}"
     late = reports[-3:]
-    gap = np.mean([abs(r["d_g_z1"] - r["d_g_z2"]) for r in late])
-    assert gap < 0.15, f"D scores the fakes differently in its step and in G's: {late}"
-    assert all(0.05 < r["d_g_z1"] < 0.95 for r in late)  # neither net has won
+    excess = np.mean([r["d_g_z2"] - r["d_g_z1"] for r in late])
+    assert excess < 0.05, f"D scores the fakes higher in G's step than in its own: {late}"
+    assert all(0.02 < r[k] < 0.95 for r in late for k in ("d_g_z1", "d_g_z2"))  # nobody won

@@ -154,3 +154,14 @@ def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
         study_settings(bad)
     with pytest.raises(ValueError, match="classifier experiment only"):
         search.config_from_args(["acgan", "--smoke", "--no-pretrained"])
+
+
+def test_set_values_in_exponent_notation_are_numbers():
+    """YAML 1.1 reads `1e-4` (no dot) as text; `--set lr_g=1e-4` crashed deep in a trial."""
+    from orchestrator.driver import parse_overrides
+
+    got = parse_overrides(["lr_g=1e-4", "lr_d=1.0e+30", "momentum=0", "diffaugment=color,cutout",
+                           "amp=false"])
+    assert got == {"lr_g": 1e-4, "lr_d": 1e30, "momentum": 0, "diffaugment": "color,cutout",
+                   "amp": False}
+    assert isinstance(got["lr_g"], float)
