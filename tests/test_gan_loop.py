@@ -175,3 +175,20 @@ def test_s0_and_s1_presets_carry_their_seed_details():
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     assert aug(x).shape == x.shape and not torch.equal(aug(x), x)
     assert real_augment(s1) is None
+
+
+def test_one_class_generator_is_compared_with_its_own_class_and_gets_no_cas(covid3_dir, tmp_path):
+    """S4 trains the minority class only: FID's reference is that class's real images, and
+    CAS / the class check (which need two classes) are skipped with the reason."""
+    from trainables.data import load_image_set
+    from trainables.metrics.evaluator import GanEvaluator
+
+    kw = dict(resolution=32, channels=1, cache_dir=tmp_path / "cache", duplicates="keep")
+    val, train = load_image_set(covid3_dir, "val", **kw), load_image_set(covid3_dir, "train", **kw)
+    ev = GanEvaluator(val, metrics=("cas", "visual"), classes=(1,), real_train=train, device="cpu")
+    assert set(np.asarray(ev.real.labels)) == {1} and len(ev.real) == int((val.labels == 1).sum())
+    assert set(ev.labels.tolist()) == {1} and set(ev.cas_labels.tolist()) == {1}
+    assert "one-class" in ev.protocol["skipped"]["cas"]
+    cfg, G, _, _, _ = _setup()
+    m = ev(G, 0)
+    assert not any(k.startswith("cas_") for k in m) and "ref_class_acc" not in m

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from trainables.data.selection import subset
 from trainables.gan.sampling import draw_latent
 
 from . import cas as cas_mod
@@ -287,8 +288,6 @@ def _only_classes(image_set, classes):
     keep = np.isin(np.asarray(image_set.labels), list(classes))
     if keep.all():
         return image_set
-    from trainables.data.selection import subset
-
     return subset(image_set, keep, f"{image_set.split}[classes {','.join(map(str, classes))}]")
 
 
