@@ -26,6 +26,7 @@ from orchestrator.driver import parse_overrides
 from trainables.context import standalone_context
 from trainables.data.selection import load_selection_sets
 from trainables.gan import GANConfig, load_generator, preset, train_gan
+from trainables.gan.build import trained_classes
 from trainables.metrics.evaluator import GanEvaluator
 
 FAMILY_PRESET = {"acgan": "s0", "dcgan": "s1", "cgan": "s2"}
@@ -73,10 +74,9 @@ def run_family(family: str, args, train, val, out: Path) -> dict:
     reports = train_for(cfg, train, run_dir, args.minutes)
     train_s = time.perf_counter() - t0
     first, last = run_dir / "epoch_0000", run_dir / f"epoch_{len(reports) - 1:04d}"
-    G, _, _ = load_generator(first)
     ev = GanEvaluator(val, metrics=("fid", "cas", "visual"), n_fake=args.n_fake, seed=0,
                       latent_dim=cfg.latent_dim, latent_dist=cfg.latent_dist, real_train=train,
-                      classes=getattr(G, "class_indices", None), device="cpu",
+                      classes=trained_classes(cfg, train.classes, train.labels), device="cpu",
                       cache_dir=args.cache_dir)
     m0, m1 = evaluate_epoch(ev, first), evaluate_epoch(ev, last)
     rng = np.random.default_rng(0)

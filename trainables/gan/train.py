@@ -81,13 +81,13 @@ class PerClassBatchSampler:
         self.labels, self.classes = np.asarray(labels), tuple(class_indices)
         self.rank, self.world, self.seed = rank, world_size, seed
         self.epoch = 0
-        shares = {c: int((self.labels == c).sum()) // world_size for c in self.classes}
-        small = {c: n for c, n in shares.items() if n < 2}
+        self.shares = {c: int((self.labels == c).sum()) // world_size for c in self.classes}
+        small = {c: n for c, n in self.shares.items() if n < 2}
         if small:
             raise ValueError(f"classes {sorted(small)} have fewer than 2 training images per "
                              f"process ({small}); a per-class DCGAN needs at least 2 per class "
                              "(BatchNorm): add images or train fewer classes (dcgan_classes)")
-        self.batch = {c: min(batch_size, n) for c, n in shares.items()}
+        self.batch = {c: min(batch_size, n) for c, n in self.shares.items()}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -95,8 +95,8 @@ class PerClassBatchSampler:
     def _class_batches(self, c: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, c])
         idx = rng.permutation(np.flatnonzero(self.labels == c))
-        share = len(idx) // self.world
-        mine, b = idx[self.rank * share:(self.rank + 1) * share], self.batch[c]
+        share, b = self.shares[c], self.batch[c]
+        mine = idx[self.rank * share:(self.rank + 1) * share]
         return [mine[i * b:(i + 1) * b].tolist() for i in range(len(mine) // b)]
 
     def __iter__(self):
@@ -107,8 +107,15 @@ class PerClassBatchSampler:
                     yield batches[j]
 
     def __len__(self) -> int:
-        return sum(int((self.labels == c).sum()) // self.world // self.batch[c]
-                   for c in self.classes)
+        return sum(self.shares[c] // self.batch[c] for c in self.classes)
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle for `epoch`: whichever of the loader's samplers shuffles has `set_epoch`
+    (DistributedSampler, or the per-class DCGAN's batch sampler)."""
+    for s in (loader.sampler, loader.batch_sampler):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(epoch)
 
 
 def _to_device(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,13 +170,12 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     # Wrap after loading: DDP broadcasts rank 0's (restored) weights at construction.
     Gw, Dw = ctx.wrap_model(G), ctx.wrap_model(D)
     loader = make_loader(cfg, data, cls_idx, ctx)
-    sampler = loader.batch_sampler if cfg.family == "dcgan" else loader.sampler
     augment = real_augment(cfg)
     fixed_labels = grid_labels(cls_idx, cfg.grid_per_class)
     reports: list[dict] = []
     for epoch in range(start_epoch, cfg.epochs):
         _seed_epoch(cfg.seed, epoch, ctx.rank)
-        sampler.set_epoch(epoch)
+        _set_epoch(loader, epoch)
         Gw.train(); Dw.train()
         lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
         batches = itertools.islice(_to_device(loader, dev), cfg.steps_per_epoch)

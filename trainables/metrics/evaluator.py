@@ -82,6 +82,8 @@ class GanEvaluator:
                                "cas_n_train": len(real), "skipped": {}}
         self.extractor = self._load_extractor(extractor, dims, weights_path, hub_dir,
                                               torchscript_dir)
+        if self.extractor is None and "visual" in self.metrics:
+            self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
         self._real_float = _float_images(real.images)
         self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
 
@@ -245,8 +247,6 @@ class GanEvaluator:
 
     def _visual(self, fake: torch.Tensor, labels: np.ndarray, aux) -> dict[str, float]:
         out = {"constant_frac": visual.constant_fraction(fake)}
-        if self.extractor is None:
-            self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
         if self._reference is not None:
             ref = cas_mod.predict(self._reference["model"], fake, size=self.cas_size)
             out["ref_class_acc"] = visual.class_agreement(ref, labels)
