@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.driver import parse_overrides
+from orchestrator.config import parse_overrides
 from trainables.context import standalone_context
 from trainables.data.selection import load_selection_sets
 from trainables.gan import GANConfig, load_generator, preset, train_gan

@@ -20,6 +20,7 @@ import torch
 
 from trainables.gan import GANConfig, build_models, build_optimizer, preset
 from trainables.gan.loop import d_step, g_step
+from trainables.gan.families import FAMILIES
 from trainables.gan.presets import PRESETS
 from trainables.models.init import count_params
 
@@ -33,7 +34,7 @@ def throughput(cfg: GANConfig, num_classes: int, batches: int, device: torch.dev
     opt_g, opt_d = build_optimizer(cfg, G.parameters(), cfg.lr_g), build_optimizer(cfg, D.parameters(), cfg.lr_d)
     n, r = cfg.batch_size, cfg.resolution
     labels = torch.arange(n, device=device) % num_classes
-    if cfg.family == "dcgan":  # a per-class DCGAN only knows its trained classes
+    if FAMILIES[cfg.family].per_class:  # a per-class DCGAN only knows its trained classes
         labels = torch.tensor(G.class_indices, device=device).repeat(n)[:n]
     real = torch.rand(n, cfg.channels, r, r, device=device) * 2 - 1
     for i in range(batches + 1):

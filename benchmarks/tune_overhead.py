@@ -41,9 +41,9 @@ def suggested_configs(space_module, base: dict, n: int, seed: int) -> list[dict]
     return configs
 
 
-def plain_loop(configs: list[dict], settings: dict) -> float:
+def plain_loop(configs: list[dict], settings) -> float:
     from trainables.context import standalone_context
-    from trainables.ray_glue import run_gan_trial
+    from trainables.trial import run_gan_trial
 
     start = time.perf_counter()
     for i, config in enumerate(configs):
@@ -53,7 +53,8 @@ def plain_loop(configs: list[dict], settings: dict) -> float:
 
 
 def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple[float, dict]:
-    from orchestrator import driver, search
+    from orchestrator import pipeline
+    from orchestrator.cli import search
 
     cfg = search.config_from_args([
         "acgan", "--smoke", "--data", args.data, "--duplicates", args.duplicates,
@@ -61,7 +62,7 @@ def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple
         str(work / "ray_results"), "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
         "--max-epochs", str(args.epochs), *extra])
     start = time.perf_counter()
-    summary = driver.run_search(cfg)
+    summary = pipeline.run_search(cfg)
     return time.perf_counter() - start, summary
 
 
@@ -78,16 +79,17 @@ def main(argv=None) -> None:
 
     import ray
 
-    from orchestrator import driver, search
+    from orchestrator.cli import search
+    from orchestrator.run.preflight import preflight_data
+    from orchestrator.run.settings import trial_settings
     from search_spaces import acgan
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     cfg = search.config_from_args(["acgan", "--smoke", "--data", args.data,
                                    "--duplicates", args.duplicates, "--max-epochs",
                                    str(args.epochs), "--name", "bench", "--storage", str(work)])
-    settings = driver.trial_settings(cfg, str(work))
-    driver._preflight_data(settings)
-    configs = suggested_configs(acgan, settings["gan"], args.trials, seed=0)
+    settings = preflight_data(trial_settings(cfg, str(work)))
+    configs = suggested_configs(acgan, dict(settings.base), args.trials, seed=0)
     t_plain = plain_loop(configs, settings)
 
     ray.init(num_cpus=2, include_dashboard=False)
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
         for searcher in ("optuna", "random"):
             through_orchestrator(args, work, f"bench-{searcher}", [
                 "--num-samples", str(args.compare_searchers), "--searcher", searcher])
-            from orchestrator.rank import load_epoch_table
+            from orchestrator.store.reader import load_epoch_table
 
             epochs = load_epoch_table(f"bench-{searcher}", f"sqlite:///{work}/mlflow.db")
             best[searcher] = float(epochs["fid"].min()) if "fid" in epochs else float("nan")

@@ -5,20 +5,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator import tracking
+from orchestrator import ranking
+from orchestrator.store.layout import read_checkpoint_file, trial_runs
+from orchestrator.store.models import register_generator
+from orchestrator.store.reader import load_epoch_table
+from orchestrator.view import write_report
+from trainables.gan import load_generator
+from trainables.metrics.evaluator import GanEvaluator
+from trainables.trial import TrialSettings, load_selection
 
-CHAMPION = "champion"
 
-
-def registered_model_name(experiment: str) -> str:
-    return f"cxr-{experiment}-generator"
-
-
-def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) -> dict:
+def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:
     """Rank (trial, epoch) rows from MLflow, record the outcome, print where to look."""
-    from orchestrator import ranking
-    from orchestrator.rank import load_epoch_table
-
     table = load_epoch_table(cfg.name, cfg.mlflow_uri)
     failed = _failed_trials(results)
     if table.empty:
@@ -58,8 +56,6 @@ def finalize_search(cfg, settings: dict, results, client, parent_run_id: str) ->
 
 def _log_report(cfg, client, parent_run_id: str) -> None:
     """The researcher's view (figures + report.md), logged on the parent run as `report/`."""
-    from orchestrator.report import write_report
-
     out = Path(tempfile.mkdtemp(prefix="cxr-report-"))
     try:
         report_md = write_report(cfg.name, cfg.mlflow_uri, out)
@@ -90,15 +86,13 @@ def _failed_trials(results) -> list[str]:
 
 
 def _best_row(ranked) -> Optional[dict]:
-    from orchestrator import ranking
-
     try:
         return ranking.best(ranked).to_dict()
     except ValueError:  # nothing rankable: every epoch lacks a metric the policy needs
         return None
 
 
-def _record_best(cfg, settings: dict, client, parent_run_id: str, best: dict) -> dict:
+def _record_best(cfg, settings: TrialSettings, client, parent_run_id: str, best: dict) -> dict:
     trial_id, epoch = str(best["trial_id"]), int(best["epoch"])
     run = _trial_run(client, cfg.name, parent_run_id, trial_id)
     metrics = {k: float(v) for k, v in best.items()
@@ -126,13 +120,10 @@ def _record_best(cfg, settings: dict, client, parent_run_id: str, best: dict) ->
             "registered_model": registered}
 
 
-def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title: str) -> None:
+def _log_tsne(settings: TrialSettings, client, parent_run_id: str, checkpoint: str,
+              title: str) -> None:
     """S0's stage 4: t-SNE of real validation vs the best generator's features (`tsne/`)."""
-    from trainables.gan import load_generator
-    from trainables.metrics.evaluator import GanEvaluator
-    from trainables.ray_glue import load_selection
-
-    blob = tracking.read_checkpoint_file(checkpoint, "generator.pt")
+    blob = read_checkpoint_file(checkpoint, "generator.pt")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             (Path(tmp) / "generator.pt").write_bytes(blob or b"")
@@ -141,7 +132,7 @@ def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title
             evaluator = GanEvaluator(val, metrics=("fid",), latent_dim=gan_cfg.latent_dim,
                                      latent_dist=gan_cfg.latent_dist, seed=gan_cfg.seed,
                                      classes=getattr(G, "class_indices", None),
-                                     n_fake=(settings.get("eval") or {}).get("n_fake"))
+                                     n_fake=settings.eval.get("n_fake"))
             png = evaluator.tsne(G, Path(tmp) / "tsne_best_epoch.png", title=f"t-SNE, {title}")
         except Exception as exc:  # no Inception weights, unreadable checkpoint: say so
             client.set_tag(parent_run_id, "cxr.tsne_skipped", f"{type(exc).__name__}: {exc}"[:5000])
@@ -151,47 +142,8 @@ def _log_tsne(settings: dict, client, parent_run_id: str, checkpoint: str, title
 
 def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
     experiment = client.get_experiment_by_name(search_name)
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`{tracking.TRIAL_ID}` = '{trial_id}' and tags.`{tracking.PARENT}` = '{parent_run_id}'",
-        max_results=1)
+    runs = trial_runs(client, experiment.experiment_id, parent_run_id, trial_id, 1)
     return runs[0] if runs else None
-
-
-def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optional[dict]:
-    """Log the best epoch's generator as an MLflow PyTorch model and alias it `champion`."""
-    import mlflow
-    import torch
-    from mlflow.tracking import MlflowClient
-
-    from trainables.gan import load_generator
-
-    blob = tracking.read_checkpoint_file(checkpoint, "generator.pt")
-    if blob is None:
-        print(f"warning: {checkpoint}/generator.pt not found; best generator not registered")
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "generator.pt"
-        local.write_bytes(blob)
-        generator, gan_cfg, classes = load_generator(local)
-        name = registered_model_name(cfg.experiment)
-        mlflow.set_tracking_uri(cfg.mlflow_uri)  # the fluent API below uses the global URI
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_artifact(str(local), artifact_path=f"best_generator_epoch_{epoch:04d}")
-            info = mlflow.pytorch.log_model(
-                # "pickle": the generator's forward takes (z, labels) and routes per class
-                # (per-class DCGAN), which a traced pt2 graph would freeze.
-                generator, name="generator", registered_model_name=name,
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    client = MlflowClient(cfg.mlflow_uri)
-    version = info.registered_model_version
-    client.set_registered_model_alias(name, CHAMPION, version)
-    for key, value in {"search": cfg.name, "epoch": str(epoch), "classes": ",".join(classes),
-                       "latent_dim": str(gan_cfg.latent_dim), "family": gan_cfg.family,
-                       "source_run_id": run_id}.items():
-        client.set_model_version_tag(name, version, key, value)
-    return {"name": name, "version": str(version), "alias": CHAMPION}
 
 
 def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:
@@ -231,38 +183,3 @@ def format_summary(summary: dict) -> str:
                  f"'{summary['search']}' -> parent run '{summary['search']}' (best run linked "
                  "in its description)")
     return "\n".join(lines)
-
-
-def generator_artifact(spec: str, tracking_uri: str, dst: Optional[str] = None) -> Path:
-    """The generator.pt behind a registered model or a run, downloaded locally.
-
-    spec: `NAME` (alias champion), `NAME@ALIAS`, `NAME/VERSION`, `models:/…` of those, or
-    `runs:/RUN_ID` (the best generator logged in that trial run)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    dst = dst or tempfile.mkdtemp(prefix="cxr-generator-")
-    text = spec[len("models:/"):] if spec.startswith("models:/") else spec
-    try:
-        if text.startswith("runs:/"):
-            run_id = text[len("runs:/"):].strip("/")
-            logged = [a.path for a in client.list_artifacts(run_id)
-                      if a.is_dir and a.path.startswith("best_generator_epoch_")]
-            if not logged:
-                raise LookupError(f"run {run_id} has no best_generator_epoch_*/generator.pt: "
-                                  "it is not the best trial of a finished search")
-            return Path(client.download_artifacts(run_id, f"{sorted(logged)[-1]}/generator.pt", dst))
-        if "@" in text:
-            name, alias = text.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in text:
-            name, number = text.split("/", 1)
-            version = client.get_model_version(name, number)
-        else:
-            version = client.get_model_version_by_alias(text, CHAMPION)
-    except MlflowException as exc:
-        raise LookupError(f"{spec!r} not found in MLflow at {tracking_uri}: "
-                          f"{str(exc).splitlines()[0]}") from exc
-    run_id, epoch = version.tags["source_run_id"], int(version.tags["epoch"])
-    return Path(client.download_artifacts(run_id, f"best_generator_epoch_{epoch:04d}/generator.pt", dst))

@@ -16,6 +16,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from trainables.figures import save as save_figure
 
 LOSS_METRICS = ("g_loss", "d_loss")
 CURVE_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "cas_f1")
@@ -24,10 +27,7 @@ BEST_STYLE = dict(marker="*", s=260, color="crimson", edgecolor="black", zorder=
 
 def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write `fig` as a PNG (parents created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)):
@@ -271,8 +271,6 @@ def top_grids(grids: Sequence[tuple[str, np.ndarray]],
 
 def image_panel(images: Sequence[tuple[str, str | Path]], ncols: int = 3) -> Figure:
     """PNG files (title, path) in a grid: confusion matrices, Grad-CAM maps, t-SNE plots."""
-    from matplotlib.image import imread
-
     if not images:
         raise ValueError("image_panel: no images given")
     fig, axes = _grid(len(images), ncols=ncols, size=(5.0, 5.0))

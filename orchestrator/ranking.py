@@ -22,15 +22,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-DIRECTIONS = {"g_loss": "min", "d_fake_acc": "min", "cas_acc": "max", "cas_f1": "max",
-              "fid": "min", "intra_fid": "min", "kid": "min", "is": "max",
-              "constant_frac": "min", "diversity_ratio": "max", "class_confusion": "min"}
-POLICIES = ("staged", "pareto", "weighted")
+from trainables.metrics.registry import METRICS
+
 VERDICTS = ("approve", "reject")
 
 
 def _direction(metric: str, directions: Mapping[str, str] | None) -> str:
-    d = (directions or {}).get(metric, DIRECTIONS.get(metric))
+    known = METRICS[metric].direction if metric in METRICS else None
+    d = (directions or {}).get(metric, known)
     if d not in ("min", "max"):
         raise ValueError(f"no direction for metric {metric!r}: pass directions={{{metric!r}: "
                          "'min' or 'max'}")
@@ -230,13 +229,16 @@ def weighted(table: pd.DataFrame, *, weights: Mapping[str, float] | None = None,
     return _finish(cand.drop(columns="_approved"), excluded)
 
 
+# The ranking policies, by the name `--policy` takes.
+POLICIES = {"staged": staged, "pareto": pareto, "weighted": weighted}
+
+
 def rank(table: pd.DataFrame, policy: str, verdicts: pd.DataFrame | None = None,
          **options) -> pd.DataFrame:
     """Apply verdicts, then the named policy (`staged`, `pareto` or `weighted`)."""
-    funcs = {"staged": staged, "pareto": pareto, "weighted": weighted}
-    if policy not in funcs:
-        raise ValueError(f"unknown ranking policy {policy!r}; choose one of {POLICIES}")
-    return add_lineage(funcs[policy](apply_verdicts(table, verdicts), **options))
+    if policy not in POLICIES:
+        raise ValueError(f"unknown ranking policy {policy!r}; choose one of {tuple(POLICIES)}")
+    return add_lineage(POLICIES[policy](apply_verdicts(table, verdicts), **options))
 
 
 def add_lineage(table: pd.DataFrame) -> pd.DataFrame:

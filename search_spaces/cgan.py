@@ -3,7 +3,4 @@ from __future__ import annotations
 
 from search_spaces.gan import PBT_MUTATIONS, first_points, space, to_config
 
-FAMILY = "cgan"
-PRESETS = ("s2",)  # the seed systems of this family; the first is the default
-
-__all__ = ["FAMILY", "PRESETS", "PBT_MUTATIONS", "first_points", "space", "to_config"]
+__all__ = ["PBT_MUTATIONS", "first_points", "space", "to_config"]

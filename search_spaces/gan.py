@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+from trainables.gan import GANConfig
+from trainables.gan.config import LR_SCHEDULERS
+
 LR_RANGE = (1e-5, 1e-2)  # S2 ran SGD at 1e-2; the others Adam at 2e-4
 BATCH_SIZES = [4, 8, 16, 32, 64, 128]  # S2 run 1 used 4
 K_CHOICES = [2, 5, 7, 9, 10, 12, 15, 20]  # one D step per K G steps; S2 tried 5..20
-SCHEDULERS = ["none", "cosine_warm_restarts", "step", "exponential"]
 DIFFAUGMENT = ["", "color,translation,cutout"]  # off, or the DiffAugment paper's full policy
 PBT_MUTATIONS = {"lr_g": LR_RANGE, "lr_d": LR_RANGE, "label_smoothing": (0.0, 0.3)}
 
@@ -30,7 +32,7 @@ def space(trial, max_epochs: int = 100) -> None:
         trial.suggest_int("d_steps_per_g", 1, 5)
     else:
         trial.suggest_categorical("g_steps_per_d", K_CHOICES)
-    scheduler = trial.suggest_categorical("scheduler", SCHEDULERS)
+    scheduler = trial.suggest_categorical("scheduler", list(LR_SCHEDULERS))
     if scheduler == "cosine_warm_restarts":
         trial.suggest_int("t_0", 1, max(1, max_epochs // 2))
     elif scheduler == "step":
@@ -59,8 +61,6 @@ def first_points(preset: dict, max_epochs: int = 100) -> list[dict]:
     """A preset's own values expressed as this space's parameters (evaluated first).
     Fields the preset leaves out take GANConfig's defaults, so no parameter of the first
     point is left to the sampler."""
-    from trainables.gan import GANConfig
-
     preset = GANConfig.from_dict(preset).to_dict()
     point: dict = {key: preset[key] for key in ("lr_g", "lr_d", "label_smoothing", "batch_size")}
     point["diffaugment"] = preset["diffaugment"] if preset["diffaugment"] in DIFFAUGMENT else ""

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from orchestrator.generate import main
+from orchestrator.cli.generate import main
 from trainables.gan import GANConfig
 from trainables.gan.build import build_generator
 from trainables.gan.checkpoint import save_generator

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from orchestrator import ranking
-from orchestrator.rank import load_epoch_table, main
+from orchestrator.cli.rank import main
+from orchestrator.store.reader import load_epoch_table
 
 
 def _table():
@@ -169,7 +170,7 @@ def test_a_search_whose_epochs_lack_the_policys_metrics_still_finishes(tmp_path,
     from mlflow.tracking import MlflowClient
 
     from orchestrator.finalize import finalize_search
-    from orchestrator.search import SearchConfig
+    from orchestrator.config import SearchConfig
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)

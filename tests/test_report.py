@@ -1,6 +1,6 @@
 """The report command and the plots against a small, well-formed MLflow search store.
 
-`build_fake_search` logs, through MlflowClient, exactly the layout `orchestrator/tracking.py`
+`build_fake_search` logs, through MlflowClient, exactly the layout `orchestrator/store/writer.py`
 and `orchestrator/finalize.py` write (2 trials x 3 epochs, a ranking artefact, grid PNGs);
 `tests/test_notebooks.py` reuses it.
 """
@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import plots, report
+from orchestrator import plots, view
+from orchestrator.cli import report as report_cli
+from orchestrator.store import reader
 
 SEARCH = "fake-acgan-search"
 # trial -> per-epoch (g_loss, d_loss, fid, kid, cas_acc)
@@ -144,7 +146,7 @@ def test_report_command_writes_figures_and_names_the_ranked_best(store, tmp_path
     """The CLI end to end: every figure, and the best (trial, epoch) of the ranking."""
     uri, name = store
     out = tmp_path / "report"
-    assert report.main([name, "--out", str(out), "--mlflow-uri", uri]) == 0
+    assert report_cli.main([name, "--out", str(out), "--mlflow-uri", uri]) == 0
     assert str(out / "report.md") in capsys.readouterr().out
     for fig in ("loss_curves.png", "metric_curves.png", "hparams_vs_objective.png",
                 "pareto_front.png", "top_grids.png"):
@@ -164,25 +166,25 @@ def test_report_command_writes_figures_and_names_the_ranked_best(store, tmp_path
 
 def test_latest_and_ranking_fallback_without_best_tags(bare_store):
     uri, _ = bare_store
-    record = report.load_search("latest", uri)
+    record = reader.load_search("latest", uri)
     assert record.name == SEARCH and sorted(record.trials) == ["t_a", "t_b"]
-    ranking = report.load_ranking(record)
-    assert report.selected_epoch(record, ranking) == BEST  # rank 1 of the ranking artefact
-    assert report.fid_protocol(record) == {"fid_protocol.extractor": "tf-inception-2015-12-05",
+    ranking = reader.load_ranking(record)
+    assert reader.selected_epoch(record, ranking) == BEST  # rank 1 of the ranking artefact
+    assert reader.fid_protocol(record) == {"fid_protocol.extractor": "tf-inception-2015-12-05",
                                            "fid_protocol.n_fake": "200"}
-    table = report.load_epoch_table(record)
+    table = reader.load_epoch_table(record)
     assert len(table) == 6
     assert table.loc[(table.trial_id == "t_a") & (table.epoch == 2), "fid"].item() == 150.0
-    assert report.pareto_axes(record, table) == [("fid", "min"), ("cas_acc", "max")]
+    assert view.pareto_axes(record, table) == [("fid", "min"), ("cas_acc", "max")]
 
 
 def test_unknown_search_and_missing_store_are_clear_errors(store, tmp_path, capsys):
     uri, _ = store
-    assert report.main(["no-such-search", "--mlflow-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    assert report_cli.main(["no-such-search", "--mlflow-uri", uri, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "no search named 'no-such-search'" in err and SEARCH in err
     missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
-    assert report.main(["latest", "--mlflow-uri", missing, "--out", str(tmp_path / "r2")]) == 2
+    assert report_cli.main(["latest", "--mlflow-uri", missing, "--out", str(tmp_path / "r2")]) == 2
     assert "no MLflow store at" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()  # no empty store created by accident
     assert not (tmp_path / "r").exists() and not (tmp_path / "r2").exists()
@@ -190,7 +192,7 @@ def test_unknown_search_and_missing_store_are_clear_errors(store, tmp_path, caps
 
 def test_unloadable_real_data_is_reported_not_hidden(bare_store, tmp_path):
     uri, name = bare_store
-    md = report.write_report(name, uri, tmp_path / "out").read_text()
+    md = view.write_report(name, uri, tmp_path / "out").read_text()
     assert "real images beside the grids" in md and "no_such_data" in md
     assert _is_png(tmp_path / "out" / "top_grids.png")  # the generated grids are still shown
     assert "**Best: trial `t_b`, epoch 1**" in md
@@ -199,15 +201,15 @@ def test_unloadable_real_data_is_reported_not_hidden(bare_store, tmp_path):
 
 
 def test_study_loader(store, bare_store, tmp_path):
-    study = report.load_study("latest", store[0], tmp_path / "dl")
+    study = reader.load_study("latest", store[0], tmp_path / "dl")
     assert list(study.table["strategy"]) == ["baseline", "gan_oversample"]
     assert len(study.confusion) == 1 and study.confusion[0].is_file()
     assert any("gradcam" in m for m in study.missing)
     assert any("table.md" in m for m in study.missing)
-    empty = report.load_study("latest", bare_store[0], tmp_path / "dl2", missing_ok=True)
+    empty = reader.load_study("latest", bare_store[0], tmp_path / "dl2", missing_ok=True)
     assert empty.run_id is None and "no study run" in empty.missing[0]
-    with pytest.raises(report.ReportError, match="no study run"):
-        report.load_study("latest", bare_store[0], tmp_path / "dl3")
+    with pytest.raises(reader.StoreError, match="no study run"):
+        reader.load_study("latest", bare_store[0], tmp_path / "dl3")
 
 
 # ------------------------------------------------------------------------------ pure functions

@@ -4,7 +4,10 @@ import sys
 
 import pytest
 
-from orchestrator import driver, search
+from orchestrator import config
+from orchestrator.cli import search
+from orchestrator.run import cluster
+from trainables.ray_glue import trial_resources
 
 
 def run_main(argv, capsys, tmp_path):
@@ -61,22 +64,22 @@ def test_unreachable_mlflow_fails_fast(capsys, tmp_path):
 def test_more_gpus_than_the_cluster_has():
     cfg = search.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2,
                               gpus_per_worker=1)
-    with pytest.raises(driver.ConfigError, match="needs 2 GPUs .* cluster has 1"):
-        driver._place(cfg, {}, {"CPU": 16, "GPU": 1})
+    with pytest.raises(config.ConfigError, match="needs 2 GPUs .* cluster has 1"):
+        cluster.place(cfg, {"CPU": 16, "GPU": 1})
 
 
 def test_placement_derives_concurrency_from_gpus():
     cfg = search.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2)
-    placed = driver._place(cfg, {}, {"CPU": 32, "GPU": 8})
-    assert placed["execution"] == "train" and placed["use_gpu"]
-    assert placed["max_concurrent"] == 4
+    placed = cluster.place(cfg, {"CPU": 32, "GPU": 8})
+    assert placed.execution == "train" and placed.use_gpu
+    assert placed.max_concurrent == 4
 
 
 def test_cpu_only_uses_the_function_path():
     cfg = search.SearchConfig(experiment="acgan", preset="s0")
-    placed = driver._place(cfg, {}, {"CPU": 2})
-    assert placed["execution"] == "function" and not placed["use_gpu"]
-    assert placed["max_concurrent"] == 2
+    placed = cluster.place(cfg, {"CPU": 2})
+    assert placed.execution == "function" and not placed.use_gpu
+    assert placed.max_concurrent == 2
 
 
 def test_smoke_asha_runs_one_trial_at_a_time_unless_told():
@@ -84,11 +87,11 @@ def test_smoke_asha_runs_one_trial_at_a_time_unless_told():
     trials so its stops are reproducible; an explicit --max-concurrent or another
     scheduler keeps the derived concurrency."""
     smoke = search.SearchConfig(experiment="acgan", preset="s0", smoke=True)
-    assert driver._place(smoke, {}, {"CPU": 2})["max_concurrent"] == 1
+    assert cluster.place(smoke, {"CPU": 2}).max_concurrent == 1
     told = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, max_concurrent=2)
-    assert driver._place(told, {}, {"CPU": 2})["max_concurrent"] == 2
+    assert cluster.place(told, {"CPU": 2}).max_concurrent == 2
     fifo = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, scheduler="none")
-    assert driver._place(fifo, {}, {"CPU": 2})["max_concurrent"] == 2
+    assert cluster.place(fifo, {"CPU": 2}).max_concurrent == 2
 
 
 def test_objectives_are_validated():
@@ -112,37 +115,37 @@ def test_autoscaling_cluster_waits_for_gpu_nodes():
         return 1.0  # one g5 node came up
 
     cfg = search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1, gpu_wait=900)
-    placed = driver._place(cfg, {}, {"CPU": 0}, wait_for_gpus=wait)
-    assert asked == [(1, 1, 900)] and placed["use_gpu"] and placed["max_concurrent"] is None
-    with pytest.raises(driver.ConfigError, match="add --gpu-wait"):
-        driver._place(search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1),
-                      {}, {"CPU": 0}, wait_for_gpus=wait)
-    with pytest.raises(driver.ConfigError, match="after waiting 900 s"):
-        driver._place(cfg, {}, {"CPU": 0}, wait_for_gpus=lambda *a: 0.0)
+    placed = cluster.place(cfg, {"CPU": 0}, wait=wait)
+    assert asked == [(1, 1, 900)] and placed.use_gpu and placed.max_concurrent is None
+    with pytest.raises(config.ConfigError, match="add --gpu-wait"):
+        cluster.place(search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1),
+                      {"CPU": 0}, wait=wait)
+    with pytest.raises(config.ConfigError, match="after waiting 900 s"):
+        cluster.place(cfg, {"CPU": 0}, wait=lambda *a: 0.0)
 
 
 def test_pbt_runs_one_process_trials_even_on_gpus():
     cfg = search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt", searcher="random")
-    placed = driver._place(cfg, {}, {"CPU": 8, "GPU": 2})
-    assert placed["execution"] == "function" and placed["use_gpu"]
-    assert driver.trial_resources(placed) == {"CPU": 1.0, "GPU": 1.0}
-    with pytest.raises(driver.ConfigError, match="pbt needs one worker per trial"):
-        driver._place(search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt",
-                                          workers_per_trial=2), {}, {"CPU": 8, "GPU": 2})
+    placed = cluster.place(cfg, {"CPU": 8, "GPU": 2})
+    assert placed.execution == "function" and placed.use_gpu
+    assert trial_resources(placed) == {"CPU": 1.0, "GPU": 1.0}
+    with pytest.raises(config.ConfigError, match="pbt needs one worker per trial"):
+        cluster.place(search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt",
+                                          workers_per_trial=2), {"CPU": 8, "GPU": 2})
 
 
 def test_local_storage_is_refused_on_a_multi_machine_cluster():
     one_host = [{"Alive": True, "NodeManagerAddress": "127.0.0.1"}] * 3
-    driver._check_shared_storage("/tmp/ray_results", one_host)  # one machine: fine
+    cluster.check_shared_storage("/tmp/ray_results", one_host)  # one machine: fine
     two_hosts = [{"Alive": True, "NodeManagerAddress": "10.0.0.1"},
                  {"Alive": True, "NodeManagerAddress": "10.0.0.2"}]
-    driver._check_shared_storage("s3://bucket/cxr", two_hosts)
-    with pytest.raises(driver.ConfigError, match="spans 2 machines"):
-        driver._check_shared_storage("/home/ubuntu/ray_results", two_hosts)
+    cluster.check_shared_storage("s3://bucket/cxr", two_hosts)
+    with pytest.raises(config.ConfigError, match="spans 2 machines"):
+        cluster.check_shared_storage("/home/ubuntu/ray_results", two_hosts)
 
 
 def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
-    from orchestrator.classifier_search import study_settings
+    from orchestrator.run.settings import study_settings
 
     cfg = search.config_from_args(["classifier", "--smoke", "--no-pretrained", "--set",
                                    "model=vgg16", "--set", "dropout=0.3", "--set", "seeds=0,1"])
@@ -150,7 +153,7 @@ def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
     assert budget["model"] == "vgg16" and budget["seeds"] == (0, 1)
     assert base["pretrained"] is False and base["dropout"] == 0.3
     bad = search.config_from_args(["classifier", "--smoke", "--set", "dropuot=0.3"])
-    with pytest.raises(driver.ConfigError, match="unknown ClassifierConfig key"):
+    with pytest.raises(config.ConfigError, match="unknown ClassifierConfig key"):
         study_settings(bad)
     with pytest.raises(ValueError, match="classifier experiment only"):
         search.config_from_args(["acgan", "--smoke", "--no-pretrained"])
@@ -158,10 +161,23 @@ def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
 
 def test_set_values_in_exponent_notation_are_numbers():
     """YAML 1.1 reads `1e-4` (no dot) as text; `--set lr_g=1e-4` crashed deep in a trial."""
-    from orchestrator.driver import parse_overrides
+    from orchestrator.config import parse_overrides
 
     got = parse_overrides(["lr_g=1e-4", "lr_d=1.0e+30", "momentum=0", "diffaugment=color,cutout",
                            "amp=false"])
     assert got == {"lr_g": 1e-4, "lr_d": 1e30, "momentum": 0, "diffaugment": "color,cutout",
                    "amp": False}
     assert isinstance(got["lr_g"], float)
+
+
+def test_the_inception_score_has_one_name():
+    """`is` is what the evaluator reports and what --objective takes; the old second name
+    (`inception_score`) passed validation and was never reported."""
+    from trainables.metrics.evaluator import METRICS as EVAL_METRICS
+
+    assert "is" in EVAL_METRICS
+    assert search.config_from_args(["acgan", "--smoke", "--objective", "is"]).objectives() == \
+        [("is", "max")]
+    with pytest.raises(ValueError, match="unknown objective 'inception_score'"):
+        search.SearchConfig(experiment="acgan", preset="s0",
+                            objective="inception_score").objectives()

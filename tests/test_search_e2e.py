@@ -175,7 +175,8 @@ def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, c
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator import driver, search
+    from orchestrator import pipeline
+    from orchestrator.cli import search
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -188,7 +189,7 @@ def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, c
             "acgan", "--smoke", "--data", str(covid3_dir), "--name", "multinode", "--duplicates", "keep",
             "--num-samples", "2", "--max-epochs", "1", "--scheduler", "none",
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
-        summary = driver.run_search(cfg)
+        summary = pipeline.run_search(cfg)
         assert summary["trials"] == 2
         nodes = set()
         for result_file in (storage / "multinode").glob("*/result.json"):
@@ -206,7 +207,8 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
     """The Ray Train path: one trial = a 2-worker CPU TorchTrainer (DDP over gloo)."""
     import ray
 
-    from orchestrator import driver, search
+    from orchestrator import pipeline
+    from orchestrator.cli import search
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     ray.init(num_cpus=2, include_dashboard=False)
@@ -217,7 +219,7 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
             "--num-samples", "1", "--max-epochs", "2", "--scheduler", "none",
             "--execution", "train", "--workers-per-trial", "2",
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
-        summary = driver.run_search(cfg)
+        summary = pipeline.run_search(cfg)
         assert summary["trials"] == 1 and summary["best"] is not None
         assert summary["best"]["checkpoint"].startswith(str(storage))
         assert list(storage.glob("ddp-train-*/checkpoint_*/generator.pt"))
@@ -234,7 +236,7 @@ def test_generate_exports_the_registered_generator(smoke_store, tmp_path, monkey
     class and a manifest, from the generator the search registered."""
     import pandas as pd
 
-    from orchestrator import generate
+    from orchestrator.cli import generate
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(smoke_store.root / "cache"))
     out = tmp_path / "synthetic"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from orchestrator import driver, search
+from orchestrator import registry
+from orchestrator.cli import search
+from orchestrator.run import tuner
+from orchestrator.run.settings import trial_settings
 from search_spaces import gan as gan_space
 from trainables.gan import GANConfig, preset
 
@@ -71,8 +74,8 @@ def test_tpe_is_seeded():
 def test_searcher_keeps_a_study_optuna_dashboard_can_open(tmp_path):
     cfg = search.SearchConfig(experiment="acgan", preset="s0", name="dash", smoke=True,
                               storage=str(tmp_path))
-    settings = driver.trial_settings(cfg, str(tmp_path))
-    searcher, param_space = driver._searcher(cfg, driver.experiment_space("acgan"), settings,
+    settings = trial_settings(cfg, str(tmp_path))
+    searcher, param_space = tuner.searcher(cfg, registry.experiment_space("acgan"), settings,
                                              cfg.objectives(), str(tmp_path))
     assert param_space is None
     searcher.set_search_properties(metric=None, mode=None, config={})
@@ -88,13 +91,13 @@ def test_multi_objective_searcher_and_asha_on_the_first(tmp_path):
     cfg = search.SearchConfig(experiment="acgan", preset="s0", name="mo", smoke=True,
                               storage=str(tmp_path), objective="fid,cas_acc")
     assert cfg.objectives() == [("fid", "min"), ("cas_acc", "max")]
-    settings = driver.trial_settings(cfg, str(tmp_path))
-    searcher, _ = driver._searcher(cfg, driver.experiment_space("acgan"), settings,
+    settings = trial_settings(cfg, str(tmp_path))
+    searcher, _ = tuner.searcher(cfg, registry.experiment_space("acgan"), settings,
                                    cfg.objectives(), str(tmp_path))
     searcher.set_search_properties(metric=None, mode=None, config={})
     searcher.suggest("t1")
     study = optuna.load_study(study_name="mo", storage=f"sqlite:///{tmp_path / 'mo-optuna.db'}")
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
-    scheduler = driver._scheduler(cfg, "fid", "min", 3, driver.experiment_space("acgan"),
+    scheduler = tuner.scheduler(cfg, "fid", "min", 3, registry.experiment_space("acgan"),
                                   own_metric=True)
     assert scheduler._metric == "fid" and scheduler._mode == "min"

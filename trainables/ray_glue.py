@@ -18,29 +18,32 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
+import ray
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
 from trainables.context import RunContext
-
-# Keys of `settings` every trial reads.
-RUNNER_KEYS = ("experiment", "execution", "workers_per_trial", "use_gpu", "cpus_per_worker",
-               "gpus_per_worker", "storage", "search_name")
+from trainables.trial import Placement, TrialSettings, run_trial
 
 
-def trial(config: dict, settings: dict) -> None:
+def trial(config: dict, settings: TrialSettings) -> None:
     """The Tune trainable: dispatches to the in-process or the Ray Train path."""
-    if settings["execution"] == "train":
+    if settings.placement.execution == "train":
         _run_with_torch_trainer(config, settings)
     else:
         _run_in_process(config, settings)
 
 
 # --------------------------------------------------------------------------- function path
-def _run_in_process(config: dict, settings: dict) -> None:
-    from ray import tune
-
+def _run_in_process(config: dict, settings: TrialSettings) -> None:
     checkpoint = tune.get_checkpoint()
     run_dir = Path(tempfile.mkdtemp(prefix="cxr-trial-"))
     resume_dir = None
@@ -50,9 +53,6 @@ def _run_in_process(config: dict, settings: dict) -> None:
     # ranking can follow the lineage.  (A trial resuming its own checkpoint is no news.)
     origin = [checkpoint.path] if checkpoint is not None and \
         tune.get_context().get_trial_id() not in checkpoint.path else []
-
-    import ray
-
     node_id = ray.get_runtime_context().get_node_id()  # where the trial ran (multi-node view)
 
     def report(metrics: dict, epoch_dir: Optional[Path]) -> None:
@@ -68,34 +68,31 @@ def _run_in_process(config: dict, settings: dict) -> None:
             # the search's storage: the local copy is waste.  (The classifier reuses one.)
             shutil.rmtree(epoch_dir, ignore_errors=True)
 
-    device = torch.device("cuda" if settings["use_gpu"] and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if settings.placement.use_gpu and torch.cuda.is_available()
+                          else "cpu")
     ctx = RunContext(run_dir=run_dir, device=device, report=report, resume_dir=resume_dir)
     try:
-        run_loop(config, settings, ctx)
+        run_trial(config, settings, ctx)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ train path
-def _run_with_torch_trainer(config: dict, settings: dict) -> None:
-    from ray import tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+def _run_with_torch_trainer(config: dict, settings: TrialSettings) -> None:
+    placement = settings.placement
     trial_name = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "settings": settings},
         scaling_config=ScalingConfig(
-            num_workers=settings["workers_per_trial"],
-            use_gpu=settings["use_gpu"],
-            resources_per_worker=_worker_resources(settings),
+            num_workers=placement.workers_per_trial,
+            use_gpu=placement.use_gpu,
+            resources_per_worker=worker_resources(placement),
         ),
         # The same name on restore makes Train V2 resume from the run's latest checkpoint.
         run_config=RunConfig(
-            name=f"{settings['search_name']}-train-{trial_name}",
-            storage_path=settings["storage"],
+            name=f"{settings.search_name}-train-{trial_name}",
+            storage_path=settings.storage,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=1),
         ),
@@ -103,18 +100,24 @@ def _run_with_torch_trainer(config: dict, settings: dict) -> None:
     trainer.fit()
 
 
-def _worker_resources(settings: dict) -> dict:
-    resources = {"CPU": settings["cpus_per_worker"]}
-    if settings["use_gpu"]:
-        resources["GPU"] = settings["gpus_per_worker"]
+def worker_resources(placement: Placement) -> dict:
+    """What one process of a trial holds: a function trial's, or each Train worker's."""
+    resources = {"CPU": placement.cpus_per_worker}
+    if placement.use_gpu:
+        resources["GPU"] = placement.gpus_per_worker
     return resources
+
+
+def trial_resources(placement: Placement) -> dict:
+    """Tune's reservation for the trial process: with a Train trial the trial actor itself
+    only coordinates (a sliver of a CPU; its workers hold the rest)."""
+    if placement.execution == "train":
+        return {"CPU": 0.01}
+    return worker_resources(placement)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: the same loop, under DDP, rank 0 writes checkpoints."""
-    import ray.train
-    import ray.train.torch
-
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     run_dir = Path(tempfile.mkdtemp(prefix=f"cxr-worker{rank}-"))
@@ -138,14 +141,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wrap_model=_ddp_wrapper(world),
     )
     try:
-        run_loop(loop_config["config"], loop_config["settings"], ctx)
+        run_trial(loop_config["config"], loop_config["settings"], ctx)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _ddp_wrapper(world: int) -> Callable[[torch.nn.Module], torch.nn.Module]:
-    import ray.train.torch
-
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         # prepare_model moves to the worker's device and wraps in DDP when world > 1.  A
         # per-class DCGAN leaves the sub-network of a class absent from a rank's batch
@@ -157,77 +158,6 @@ def _ddp_wrapper(world: int) -> Callable[[torch.nn.Module], torch.nn.Module]:
             parallel_strategy_kwargs={"find_unused_parameters": True})
 
     return wrap
-
-
-# ------------------------------------------------------------------------------ the loop
-def run_loop(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
-    """Build the experiment's objects from (config, settings) and run its training loop."""
-    if settings["experiment"] == "classifier":
-        from trainables.classifier_trial import run_classifier_trial
-
-        return run_classifier_trial(config, settings, ctx)
-    return run_gan_trial(config, settings, ctx)
-
-
-def load_split(settings: dict, split: str, resolution: int, channels: int):
-    """One split of the search's data source, with the search's data options (cached)."""
-    from trainables.data import load_image_set
-
-    return load_image_set(settings["data"], split, resolution=resolution, channels=channels,
-                          seed=settings.get("seed", 0), **settings.get("data_options", {}))
-
-
-def load_selection(settings: dict, resolution: int, channels: int):
-    """(fit set, validation set) of the search's data: never the held-out test split
-    (`trainables.data.selection`: the same rule as the classifier study's)."""
-    from trainables.data.selection import load_selection_sets
-
-    return load_selection_sets(settings["data"], resolution=resolution, channels=channels,
-                               seed=settings.get("seed", 0), **settings.get("data_options", {}))
-
-
-def run_gan_trial(config: dict, settings: dict, ctx: RunContext) -> list[dict]:
-    from trainables.gan import GANConfig, train_gan
-
-    cfg = GANConfig.from_dict({**settings["gan"], **config})
-    train, val = load_selection(settings, cfg.resolution, cfg.channels)
-    evaluator = build_gan_evaluator(cfg, settings, ctx, train, val) if ctx.is_main else None
-    if evaluator is not None:
-        ctx = with_protocol(ctx, evaluator)
-    return train_gan(cfg, train, ctx, evaluate=evaluator)
-
-
-def with_protocol(ctx: RunContext, evaluator) -> RunContext:
-    """Reports carry the evaluation protocol (extractor, weights hash, dims, N, resize, and
-    why a metric was skipped) as a JSON string, so it is recorded beside every score."""
-    import dataclasses
-    import json
-
-    report = ctx.report
-
-    def report_with_protocol(metrics: dict, epoch_dir: Optional[Path]) -> None:
-        protocol = getattr(evaluator, "protocol", None)
-        if protocol:
-            metrics = {**metrics, "eval_protocol": json.dumps(protocol, sort_keys=True,
-                                                              default=str)}
-        report(metrics, epoch_dir)
-
-    return dataclasses.replace(ctx, report=report_with_protocol)
-
-
-def build_gan_evaluator(cfg: Any, settings: dict, ctx: RunContext, train, val):
-    """The per-epoch evaluator on the real *validation* images (never the test split)."""
-    eval_settings = dict(settings.get("eval") or {})
-    metrics = tuple(eval_settings.pop("metrics", ()))
-    if not metrics:
-        return None
-    from trainables.gan.build import trained_classes
-    from trainables.metrics.evaluator import GanEvaluator
-
-    classes = trained_classes(cfg, train.classes, train.labels)
-    return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim,
-                        latent_dist=cfg.latent_dist, classes=classes, device=ctx.device,
-                        seed=cfg.seed, real_train=train, **eval_settings)
 
 
 def _reportable(metrics: dict) -> dict:

@@ -7,8 +7,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
+from trainables.figures import save as save_figure
 from trainables.models.classifiers import last_conv
 
 
@@ -52,15 +54,11 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = Non
 def save_gradcam_png(images: torch.Tensor, cams: torch.Tensor, titles: Sequence[str],
                      path: str | Path) -> Path:
     """A grid: each image (NCHW in [0, 1]) with its heat map overlaid, one titled panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = images.shape[0]
     cols = min(n, 6)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -70,10 +68,7 @@ def save_gradcam_png(images: torch.Tensor, cams: torch.Tensor, titles: Sequence[
         ax.imshow(cams[i].numpy(), cmap="jet", alpha=0.4, vmin=0, vmax=1)
         ax.set_title(titles[i], fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def pick_per_class(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:

@@ -5,7 +5,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+from trainables.figures import save as save_figure
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,12 +102,8 @@ def bootstrap_ci(y_true: np.ndarray, y_preds: np.ndarray,
 def save_confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,
                        title: str = "") -> Path:
     """Confusion matrix (counts, rows = true) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    fig = Figure(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -116,7 +115,4 @@ def save_confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from trainables.classifier.config import GAN_STRATEGIES, STRATEGIES
+from trainables.gan import load_generator
+from trainables.gan.sampling import draw_latent
 
 # synth(class_index, n, seed) -> uint8 (n, H, W, C) images of that class.
 Synth = Callable[[int, int, int], np.ndarray]
@@ -131,8 +133,6 @@ def synth_from_generator(G: torch.nn.Module, latent_dim: int, *, resolution: int
                          batch: int = 64, latent_dist: str = "normal") -> Synth:
     """A `Synth` from a generator G(z, labels) -> [-1, 1] images; z seeded, drawn from the
     distribution G was trained with (`latent_dist`)."""
-    from trainables.gan.sampling import draw_latent
-
     @torch.no_grad()
     def synth(class_index: int, n: int, seed: int) -> np.ndarray:
         gen = torch.Generator().manual_seed(int(seed))
@@ -158,8 +158,6 @@ def synth_from_checkpoint(path: str | Path, *, resolution: int, channels: int,
                           device: str | torch.device = "cpu") -> Synth:
     """A `Synth` from a saved GAN (`trainables.gan.load_generator`).  With ``classes`` the
     generator's class names must match the classifier's, in order."""
-    from trainables.gan import load_generator
-
     G, cfg, gan_classes = load_generator(path, device=device)
     if classes is not None and tuple(gan_classes) != tuple(classes):
         raise ValueError(f"GAN checkpoint {path} was trained on classes {list(gan_classes)}, "

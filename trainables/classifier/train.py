@@ -6,7 +6,6 @@ is read by `evaluate_final`, once per final model, and by nothing else here.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.atomic import atomic_path
 from trainables.classifier.config import GAN_STRATEGIES, ClassifierConfig
 from trainables.classifier.gradcam import gradcam, pick_per_class, save_gradcam_png
 from trainables.classifier.metrics import (bootstrap_ci, classification_metrics, confusion,
@@ -130,9 +130,8 @@ def uses_imagenet(cfg: ClassifierConfig) -> bool:
 
 def _save_atomic(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

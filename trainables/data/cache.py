@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from trainables.atomic import atomic_path, write_bytes_atomic
+
 from .errors import DataError
-from .manifest import write_atomic
 from .preprocess import PreprocessConfig, decode_image, preprocess
 
 
@@ -103,9 +103,8 @@ def _build(rows: pd.DataFrame, npy: Path, side: Path, *, resolution: int, channe
     npy.parent.mkdir(parents=True, exist_ok=True)
     paths = rows["path"].tolist()
     shape = (len(paths), resolution, resolution, channels)
-    tmp = npy.with_name(f".{npy.stem}.{uuid.uuid4().hex}.tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
+    with atomic_path(npy) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         bad = decode_rows(paths, resolution=resolution, channels=channels, cfg=cfg, out=out,
                           workers=min(4, os.cpu_count() or 1))
         if bad and not skip_bad:
@@ -118,21 +117,17 @@ def _build(rows: pd.DataFrame, npy: Path, side: Path, *, resolution: int, channe
         del out
         info = {"kept": kept, "skipped": [[paths[i], reason] for i, reason in bad],
                 "shape": [len(kept), resolution, resolution, channels]}
-        write_atomic(side, json.dumps(info).encode())
-        os.replace(tmp, npy)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        # The sidecar first: the array only appears once its row list is there.
+        write_bytes_atomic(side, json.dumps(info).encode())
 
 
 def _compact(out: np.memmap, kept: list[int], tmp: Path) -> np.memmap:
     """Copy the kept rows into a new file that replaces ``tmp`` (skips are rare)."""
-    tmp2 = tmp.with_name(tmp.name + ".2.npy")
-    small = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8,
-                                      shape=(len(kept), *out.shape[1:]))
-    for j, i in enumerate(kept):
-        small[j] = out[i]
-    small.flush()
-    del out
-    os.replace(tmp2, tmp)
+    with atomic_path(tmp) as tmp2:
+        small = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8,
+                                          shape=(len(kept), *out.shape[1:]))
+        for j, i in enumerate(kept):
+            small[j] = out[i]
+        small.flush()
+        del out
     return small

@@ -22,11 +22,13 @@ import json
 import logging
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from trainables.atomic import write_bytes_atomic as write_atomic  # trainables.data exports it
 
 from . import readers
 from .errors import DataError
@@ -131,8 +133,6 @@ def _file_md5(path: str) -> str:
 def _content_hashes(frame: pd.DataFrame, layout: str) -> list[str]:
     if layout != "npz":
         return [_file_md5(p) for p in frame["path"]]
-    import numpy as np
-
     npz_path = frame["path"].iloc[0].rpartition("#")[0]
     hashes = []
     with np.load(npz_path) as data:
@@ -197,13 +197,6 @@ def _listing_key(frame: pd.DataFrame, layout: str, source: Path, options: dict) 
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a unique temporary file and os.replace."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def load_manifest(source: str | Path, *, layout: str | None = None,
                   label_map: dict[str, str] | None = None,
                   classes: tuple[str, ...] | None = None, exclude_labels=(), seed: int = 0,
@@ -229,16 +222,9 @@ def load_manifest(source: str | Path, *, layout: str | None = None,
 
 
 def _read(source: Path, layout: str, classes, views) -> tuple[pd.DataFrame, dict]:
-    if layout == "folder":
-        return readers.read_folder(source)
-    if layout == "covidx":
-        return readers.read_covidx(source)
-    if layout == "ieee8023":
-        return readers.read_ieee8023(source, views=tuple(views))
-    if layout == "npz":
-        names = dict(enumerate(classes)) if classes else None
-        return readers.read_npz(source, class_names=names)
-    raise ValueError(f"unknown layout {layout!r}; use folder, covidx, ieee8023 or npz")
+    if layout not in readers.READERS:
+        raise ValueError(f"unknown layout {layout!r}; use {', '.join(readers.READERS)}")
+    return readers.READERS[layout](source, classes, views)
 
 
 def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: dict,

@@ -262,3 +262,14 @@ def medmnist_class_names(path: Path) -> dict[int, str]:
         raise DataError(f"{path}: '{flag}' is not a MedMNIST data set name; pass classes= "
                         "(a tuple of names, label i -> classes[i])")
     return {int(k): v for k, v in INFO[flag]["label"].items()}
+
+
+# Layout name -> reader(source, classes, views) -> (rows, notes).  `detect_layout` names one
+# of these; `classes` names the integer labels of an .npz, `views` the ieee8023 views kept.
+READERS = {
+    "folder": lambda source, classes, views: read_folder(source),
+    "covidx": lambda source, classes, views: read_covidx(source),
+    "ieee8023": lambda source, classes, views: read_ieee8023(source, views=tuple(views)),
+    "npz": lambda source, classes, views: read_npz(
+        source, class_names=dict(enumerate(classes)) if classes else None),
+}

@@ -8,10 +8,15 @@ generator the ranking picks has never been chosen on the images the study tests 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 
 import numpy as np
+
+from trainables.data import load_image_set
+from trainables.data.default import resolve_default
+from trainables.data.manifest import load_manifest
 
 VAL_PERCENT = 15  # of train, when the source has no test split
 
@@ -80,8 +85,6 @@ class RowView:
 
 def subset(image_set, mask: np.ndarray, split: str):
     """The rows of `image_set` where `mask` is true, as an ImageSet named `split`."""
-    import dataclasses
-
     rows = np.flatnonzero(mask)
     return dataclasses.replace(
         image_set, images=RowView(image_set.images, rows), labels=image_set.labels[rows],
@@ -91,8 +94,6 @@ def subset(image_set, mask: np.ndarray, split: str):
 
 def source_splits(source: str | Path, **options) -> set[str]:
     """The splits `source` has (reads the manifest only, no images, no split access)."""
-    from .manifest import load_manifest
-
     accepted = set(inspect.signature(load_manifest).parameters) - {"source"}
     manifest = load_manifest(source, **{k: v for k, v in options.items() if k in accepted})
     return set(manifest.frame["split"].unique())
@@ -103,9 +104,6 @@ def load_selection_sets(source: str | Path, *, resolution: int, channels: int = 
 
     With a test split: the train and val splits.  Without: train minus / only its fixed
     stratified 15 % (see the module docstring)."""
-    from . import load_image_set
-    from .default import resolve_default
-
     if str(source) == "default":
         source = resolve_default(resolution)
     roles, _ = split_roles(source_splits(source, **options))

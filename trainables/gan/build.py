@@ -8,19 +8,17 @@ import torch
 from torch import nn
 
 from trainables.gan.config import GANConfig
-from trainables.models.acgan import ACGANDiscriminator, ACGANGenerator
-from trainables.models.cgan import CGANDiscriminator, CGANGenerator
-from trainables.models.dcgan import PerClassDiscriminator, PerClassGenerator
+from trainables.gan.families import FAMILIES
 
 
 def trained_classes(cfg: GANConfig, classes: Sequence[str] | int,
                     labels: np.ndarray | None = None) -> tuple[int, ...]:
-    """Class indices the run trains a generator for (all classes except for a DCGAN with
-    `dcgan_classes`).  `classes` is the class-name tuple or just their number; "minority"
-    needs `labels` (the smallest class wins, ties -> lowest index)."""
+    """Class indices the run trains a generator for (all classes except for a per-class
+    family, i.e. DCGAN, with `dcgan_classes`).  `classes` is the class-name tuple or just
+    their number; "minority" needs `labels` (the smallest class wins, ties -> lowest index)."""
     names = tuple(classes) if not isinstance(classes, int) else None
     n = len(names) if names is not None else int(classes)
-    spec = cfg.dcgan_classes if cfg.family == "dcgan" else None
+    spec = cfg.dcgan_classes if FAMILIES[cfg.family].per_class else None
     if spec is None:
         return tuple(range(n))
     if spec == "minority":
@@ -44,31 +42,27 @@ def trained_classes(cfg: GANConfig, classes: Sequence[str] | int,
 
 def build_models(cfg: GANConfig, num_classes: int, classes: Sequence[str] | None = None,
                  class_indices: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
-    """(G, D) for `cfg`.  Every G is called as G(z, labels); every D as D(x, labels) ->
-    (source logit (N,), class logits (N, K) or None).  For a DCGAN, `class_indices` picks the
-    classes that get a (G, D) pair (default: from cfg.dcgan_classes, else all)."""
-    common = dict(resolution=cfg.resolution, channels=cfg.channels, width=cfg.width)
-    G = build_generator(cfg, num_classes, classes, class_indices)
-    if cfg.family == "acgan":
-        return G, ACGANDiscriminator(num_classes, variant=cfg.variant,
-                                     regularization=cfg.d_regularization, **common)
-    if cfg.family == "cgan":
-        return G, CGANDiscriminator(num_classes, embed_dim=cfg.embed_dim, **common)
-    return G, PerClassDiscriminator(G.class_indices, classes, variant=cfg.variant, **common)
+    """(G, D) for `cfg`, built by its family (`trainables.gan.families`).  Every G is called
+    as G(z, labels); every D as D(x, labels) -> (source output (N,), class logits (N, K) or
+    None).  For a per-class family, `class_indices` picks the classes that get a (G, D) pair
+    (default: from cfg.dcgan_classes, else all)."""
+    class_indices = _class_indices(cfg, num_classes, classes, class_indices)
+    G = build_generator(cfg, num_classes, classes, class_indices)  # G first: the seed's init order
+    return G, FAMILIES[cfg.family].build_discriminator(cfg, num_classes, classes, class_indices)
 
 
 def build_generator(cfg: GANConfig, num_classes: int, classes: Sequence[str] | None = None,
                     class_indices: Sequence[int] | None = None) -> nn.Module:
     """The generator alone (what `load_generator` needs); see `build_models`."""
-    common = dict(resolution=cfg.resolution, channels=cfg.channels, width=cfg.width,
-                  latent_dim=cfg.latent_dim)
-    if cfg.family == "acgan":
-        return ACGANGenerator(num_classes, embed_dim=cfg.embed_dim, **common)
-    if cfg.family == "cgan":
-        return CGANGenerator(num_classes, embed_dim=cfg.embed_dim, **common)
-    if class_indices is None:
-        class_indices = trained_classes(cfg, classes if classes is not None else num_classes)
-    return PerClassGenerator(class_indices, classes, variant=cfg.variant, **common)
+    class_indices = _class_indices(cfg, num_classes, classes, class_indices)
+    return FAMILIES[cfg.family].build_generator(cfg, num_classes, classes, class_indices)
+
+
+def _class_indices(cfg: GANConfig, num_classes: int, classes: Sequence[str] | None,
+                   class_indices: Sequence[int] | None) -> tuple[int, ...]:
+    if class_indices is not None:
+        return tuple(class_indices)
+    return trained_classes(cfg, classes if classes is not None else num_classes)
 
 
 def build_optimizer(cfg: GANConfig, params, lr: float) -> torch.optim.Optimizer:

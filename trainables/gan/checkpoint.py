@@ -4,7 +4,6 @@ Both load with `torch.load(..., weights_only=True)`: they hold only tensors and 
 types (RNG states included)."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_path
 from trainables.gan.build import build_generator
 from trainables.gan.config import GANConfig
 
@@ -22,11 +22,9 @@ STATE_FORMAT, GENERATOR_FORMAT = "cxr-gan-state/1", "cxr-gan-generator/1"
 
 def atomic_save(obj: Any, path: Path | str) -> Path:
     """torch.save to a temporary file beside `path`, then os.replace (never a torn file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,14 +5,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Union
 
 from trainables.gan.diffaugment import parse_policy
+from trainables.gan.families import FAMILIES
 from trainables.gan.sampling import LATENT_DISTS
-from trainables.models.acgan import ACGAN_VARIANTS, D_REGULARIZATION
-from trainables.models.cgan import CGAN_VARIANTS
-from trainables.models.dcgan import DCGAN_VARIANTS
+from trainables.models.acgan import D_REGULARIZATION
 
-FAMILIES = {"acgan": ACGAN_VARIANTS, "dcgan": DCGAN_VARIANTS, "cgan": CGAN_VARIANTS}
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULERS = ("none", "cosine_warm_restarts", "step", "exponential")
+LR_SCHEDULERS = ("none", "cosine_warm_restarts", "step", "exponential")
 D_UPDATES = ("joint", "separate")
 
 
@@ -21,8 +19,8 @@ class GANConfig:
     """All settings of one GAN run.  Defaults are a CPU smoke run (32 px, narrow nets);
     `trainables.gan.presets.preset(...)` gives the seed-size settings."""
 
-    family: str = "acgan"                 # "acgan" | "dcgan" | "cgan"
-    variant: Optional[str] = None         # architecture variant; None -> the family's first (s0/s1/s2)
+    family: str = "acgan"                 # a name in trainables.gan.families.FAMILIES
+    variant: Optional[str] = None         # architecture variant; None -> the family's first
     resolution: int = 32
     channels: int = 1
     latent_dim: int = 100
@@ -51,15 +49,15 @@ class GANConfig:
     t_0: int = 10                         # CosineAnnealingWarmRestarts period, epochs
     step_size: int = 30                   # StepLR period, epochs
     gamma: float = 0.95                   # StepLR / ExponentialLR factor
-    label_smoothing: float = 0.0          # one-sided: D's real target is 1 - label_smoothing
-    flip_labels_g: bool = True            # G trained with fakes labelled real (non-saturating loss)
+    label_smoothing: float = 0.0          # one-sided: D's real target is 1 - label_smoothing (BCE)
+    flip_labels_g: bool = True            # G trained with fakes labelled real (non-saturating BCE)
     d_regularization: str = "dcgan"       # AC-GAN D: "dcgan" (no BN on the input block, dropout
                                           # 0.25) | "seed" (S0/S3's text: BN + dropout 0.5 everywhere)
     aux_weight: float = 1.0               # AC-GAN: L = L_source + aux_weight * L_class (S0: 1)
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
     grid_per_class: int = 8               # fixed samples per class in grid.png
-    guard_d_loss_floor: float = 0.01      # D loss below this ...
+    guard_d_loss_floor: float = 0.01      # D loss below this (BCE families) ...
     guard_patience: int = 5               # ... for this many epochs with G loss rising -> stop
     guard_collapse_std: float = 1e-3      # per-pixel std of the fixed samples below this -> stop (0 = off)
     guard_min_diversity: float = 0.0      # diversity_ratio below this at guard_patience evaluations -> stop (0 = off)
@@ -72,10 +70,11 @@ class GANConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"GANConfig.family={self.family!r}: choose one of {sorted(FAMILIES)}")
-        variant = self.variant or FAMILIES[self.family][0]
-        if variant not in FAMILIES[self.family]:
+        variants = FAMILIES[self.family].variants
+        variant = self.variant or variants[0]
+        if variant not in variants:
             raise ValueError(f"GANConfig.variant={self.variant!r} is not a {self.family} variant; "
-                             f"choose one of {FAMILIES[self.family]}")
+                             f"choose one of {variants}")
         object.__setattr__(self, "variant", variant)
         if isinstance(self.dcgan_classes, list):
             object.__setattr__(self, "dcgan_classes", tuple(self.dcgan_classes))
@@ -105,6 +104,7 @@ class GANConfig:
 
 def _problems(c: GANConfig) -> list[str]:
     """Every invalid value, as messages naming the field and the allowed range."""
+    family = FAMILIES[c.family]
     checks = [
         (c.resolution >= 16, f"resolution={c.resolution} must be >= 16"),
         (c.channels in (1, 3), f"channels={c.channels} must be 1 or 3"),
@@ -113,6 +113,9 @@ def _problems(c: GANConfig) -> list[str]:
         (c.g_batch_size is None or c.g_batch_size >= 2,
          f"g_batch_size={c.g_batch_size} must be None (= batch_size) or >= 2"),
         (c.d_updates in D_UPDATES, f"d_updates={c.d_updates!r}: choose one of {D_UPDATES}"),
+        (c.d_updates != "separate" or not family.loss.joint_only,
+         f"d_updates='separate' does not apply to family={c.family!r}: its D loss is one "
+         "objective over real and fake together; use d_updates='joint'"),
         (0 <= c.real_shear < 45, f"real_shear={c.real_shear} must be in [0, 45) degrees"),
         (0 <= c.real_zoom < 0.5, f"real_zoom={c.real_zoom} must be in [0, 0.5)"),
         (c.width > 0, f"width={c.width} must be > 0"),
@@ -130,7 +133,7 @@ def _problems(c: GANConfig) -> list[str]:
         (c.g_steps_per_d >= 1, f"g_steps_per_d={c.g_steps_per_d} must be >= 1"),
         (c.d_steps_per_g == 1 or c.g_steps_per_d == 1,
          "set only one of d_steps_per_g / g_steps_per_d above 1"),
-        (c.scheduler in SCHEDULERS, f"scheduler={c.scheduler!r}: choose one of {SCHEDULERS}"),
+        (c.scheduler in LR_SCHEDULERS, f"scheduler={c.scheduler!r}: choose one of {LR_SCHEDULERS}"),
         (c.t_0 >= 1, f"t_0={c.t_0} must be >= 1"),
         (c.step_size >= 1, f"step_size={c.step_size} must be >= 1"),
         (0 < c.gamma <= 1, f"gamma={c.gamma} must be in (0, 1]"),
@@ -149,8 +152,9 @@ def _problems(c: GANConfig) -> list[str]:
         (c.dcgan_classes is None or c.dcgan_classes == "minority"
          or (isinstance(c.dcgan_classes, tuple) and len(c.dcgan_classes) > 0),
          f"dcgan_classes={c.dcgan_classes!r}: use None (all), 'minority', or a non-empty list of class names/indices"),
-        (c.dcgan_classes is None or c.family == "dcgan",
-         f"dcgan_classes is only meaningful for family='dcgan' (family={c.family!r})"),
+        (c.dcgan_classes is None or family.per_class,
+         f"dcgan_classes is only meaningful for a per-class family "
+         f"({[k for k, f in FAMILIES.items() if f.per_class]}; family={c.family!r})"),
     ]
     try:
         parse_policy(c.diffaugment)

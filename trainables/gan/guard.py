@@ -4,7 +4,8 @@ Four triggers (shared/SYSTEMS.md S2's failures, AC-GAN's within-class collapse, 
 obvious one):
 - a non-finite G or D loss;
 - D loss below a floor for `patience` epochs while G loss rose in each of them (D wins, G
-  diverges);
+  diverges): only for families whose D loss has a floor at 0 (BCE), not for a critic's
+  unbounded loss (`Family.d_wins_guard`);
 - a collapsed generator: the per-pixel std across the fixed samples of a class ~ 0 (S2's
   uniform grey image);
 - near-copies within a class: the evaluator's `diversity_ratio` (Inception-feature spread of
@@ -17,6 +18,9 @@ import math
 from typing import Sequence
 
 import torch
+
+from trainables.gan.config import GANConfig
+from trainables.gan.families import FAMILIES
 
 
 def nonfinite_reason(metrics: dict[str, float]) -> str | None:
@@ -56,12 +60,13 @@ def collapse_reason(samples: torch.Tensor, labels: torch.Tensor, min_std: float)
 
 
 class DivergenceGuard:
-    """Keeps the loss history and applies the three checks once per epoch."""
+    """Keeps the loss history and applies the checks once per epoch.  `d_wins=False`
+    leaves out the "D wins" check (a critic's loss has no floor)."""
 
     def __init__(self, d_loss_floor: float, patience: int, collapse_std: float, warmup: int = 0,
-                 min_diversity: float = 0.0):
+                 min_diversity: float = 0.0, d_wins: bool = True):
         self.d_loss_floor, self.patience, self.collapse_std = d_loss_floor, patience, collapse_std
-        self.warmup, self.min_diversity = warmup, min_diversity
+        self.warmup, self.min_diversity, self.d_wins = warmup, min_diversity, d_wins
         self.d_losses: list[float] = []
         self.g_losses: list[float] = []
         self.low_diversity: list[float] = []  # the current run of evaluations below the floor
@@ -76,9 +81,11 @@ class DivergenceGuard:
         if metrics.get("d_steps", 1) > 0 and metrics.get("g_steps", 1) > 0:
             self.d_losses.append(float(metrics["d_loss"]))
             self.g_losses.append(float(metrics["g_loss"]))
-        return (d_wins_reason(self.d_losses, self.g_losses, self.d_loss_floor, self.patience)
-                or (collapse_reason(samples, labels, self.collapse_std)
-                    if metrics.get("epoch", 0) >= self.warmup else None))
+        d_won = (d_wins_reason(self.d_losses, self.g_losses, self.d_loss_floor, self.patience)
+                 if self.d_wins else None)
+        collapsed = (collapse_reason(samples, labels, self.collapse_std)
+                     if metrics.get("epoch", 0) >= self.warmup else None)
+        return d_won or collapsed
 
     def after_eval(self, metrics: dict[str, float]) -> str | None:
         """The within-class collapse check on an evaluated epoch's `diversity_ratio`."""
@@ -92,6 +99,13 @@ class DivergenceGuard:
                     f"guard_min_diversity {self.min_diversity} at {self.patience} evaluations "
                     "in a row (a class's samples are near-copies of one another)")
         return None
+
+    @classmethod
+    def for_config(cls, cfg: GANConfig) -> "DivergenceGuard":
+        """The guard `cfg` asks for, with the checks its family's loss allows."""
+        return cls(cfg.guard_d_loss_floor, cfg.guard_patience, cfg.guard_collapse_std,
+                   cfg.guard_warmup, cfg.guard_min_diversity,
+                   d_wins=FAMILIES[cfg.family].d_wins_guard)
 
     def state_dict(self) -> dict:
         return {"d_losses": list(self.d_losses), "g_losses": list(self.g_losses),

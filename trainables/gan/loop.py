@@ -1,8 +1,9 @@
 """One GAN update shape for every family: `d_step`, `g_step`, `train_epoch`.
 
-Conventions: G(z, labels) -> images; D(x, labels) -> (source logit (N,), class logits or
-None).  Losses: BCE on the source logit (+ cross-entropy on the class logits for AC-GAN,
-L = L_source + L_class for both nets, as S0/S3).
+Conventions: G(z, labels) -> images; D(x, labels) -> (source output (N,), class logits or
+None).  The losses and the logged numbers are the family's (`trainables.gan.losses`): BCE on
+the source logit (+ cross-entropy on the class logits for AC-GAN, L = L_source + L_class for
+both nets, as S0/S3), or WGAN-GP's critic loss with its gradient penalty.
 
 D sees real and fake images in SEPARATE forward passes (the DCGAN reference; ganhacks'
 "separate mini-batches for real and fake"): with BatchNorm in D, one concatenated batch would
@@ -21,11 +22,11 @@ import time
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainables.gan.config import GANConfig
 from trainables.gan.diffaugment import diff_augment
+from trainables.gan.families import FAMILIES
 from trainables.gan.sampling import draw_latent
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -38,12 +39,8 @@ def autocast_for(cfg: GANConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
 def _d_call(D: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: GANConfig):
-    """D on one batch (real OR fake, never both), after DiffAugment; logits as float32."""
+    """D on one batch (real OR fake, never both), after DiffAugment; outputs as float32."""
     x = diff_augment(x, cfg.diffaugment)
     if cfg.channels_last and x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -52,40 +49,34 @@ def _d_call(D: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: GANConfig)
     return src.float(), (cls.float() if cls is not None else None)
 
 
-def _d_loss(D: nn.Module, x: torch.Tensor, labels: torch.Tensor, target: float,
-            cfg: GANConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(loss, source logits, class logits) of D on one batch with source target `target`.
-    The AC-GAN class loss applies to real and fake alike (Odena et al.: L_C on both)."""
-    src, cls = _d_call(D, x, labels, cfg)
-    loss = _bce(src, target)
-    if cls is not None:
-        loss = loss + cfg.aux_weight * F.cross_entropy(cls, labels)
-    return loss, src.detach(), cls
-
-
 def d_step(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor,
            labels: torch.Tensor, cfg: GANConfig) -> dict[str, torch.Tensor]:
-    """One discriminator update.  Returns detached 0-d tensors (no GPU sync per step):
-    d_loss, d_x, d_g_z1, d_real_acc, d_fake_acc and, for AC-GAN, aux_class_acc."""
+    """One discriminator update with the family's loss (and its penalty, if any).  Returns
+    detached 0-d tensors (no GPU sync per step): d_loss, d_x, d_g_z1, d_real_acc, d_fake_acc,
+    the loss's `extra_keys` and, with a class head (AC-GAN), aux_class_acc."""
+    loss = FAMILIES[cfg.family].loss
     z = draw_latent(real.shape[0], cfg.latent_dim, cfg.latent_dist, device=real.device)
     with torch.no_grad(), autocast_for(cfg, real.device):
         fake = G(z, labels).to(real.dtype)
     opt_d.zero_grad(set_to_none=True)
-    # One-sided label smoothing: only the real target moves (Salimans et al. 2016).
-    loss_r, src_r, cls_r = _d_loss(D, real, labels, 1.0 - cfg.label_smoothing, cfg)
+    src_r, cls_r = _d_call(D, real, labels, cfg)
+    loss_r = loss.d_real(src_r, cls_r, labels, cfg)
     if cfg.d_updates == "separate":  # S4: two updates per step, real then fake
         loss_r.backward()
         opt_d.step()
         opt_d.zero_grad(set_to_none=True)
-        loss_f, src_f, _ = _d_loss(D, fake, labels, 0.0, cfg)
-        loss_f.backward()
-    else:
-        loss_f, src_f, _ = _d_loss(D, fake, labels, 0.0, cfg)
-        (loss_r + loss_f).backward()
+    src_f, cls_f = _d_call(D, fake, labels, cfg)
+    loss_f = loss.d_fake(src_f, cls_f, labels, cfg)
+    # WGAN-GP's penalty: a third pass of D (on interpolates) inside the same backward, so
+    # under DDP the step is still one synchronised backward.
+    penalty = loss.d_penalty(lambda x: _d_call(D, x, labels, cfg)[0], real, fake)
+    step_loss = loss_f if cfg.d_updates == "separate" else loss_r + loss_f
+    d_loss = loss_r + loss_f
+    if penalty is not None:
+        step_loss, d_loss = step_loss + penalty, d_loss + penalty
+    step_loss.backward()
     opt_d.step()
-    p_r, p_f = torch.sigmoid(src_r), torch.sigmoid(src_f)
-    out = dict(d_loss=(loss_r + loss_f).detach(), d_x=p_r.mean(), d_g_z1=p_f.mean(),
-               d_real_acc=(p_r > 0.5).float().mean(), d_fake_acc=(p_f < 0.5).float().mean())
+    out = dict(d_loss=d_loss.detach(), **loss.d_stats(src_r.detach(), src_f.detach(), penalty))
     if cls_r is not None:
         out["aux_class_acc"] = (cls_r.detach().argmax(1) == labels).float().mean()
     return out
@@ -95,6 +86,7 @@ def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, labels: tor
            cfg: GANConfig) -> dict[str, torch.Tensor]:
     """One generator update on `cfg.g_batch_size` z (default: the batch's size), labels
     cycled from the batch's.  Returns detached 0-d tensors: g_loss, d_g_z2."""
+    loss = FAMILIES[cfg.family].loss
     m = cfg.g_batch_size or labels.shape[0]
     labels = labels.repeat((m + labels.shape[0] - 1) // labels.shape[0])[:m]
     z = draw_latent(m, cfg.latent_dim, cfg.latent_dist, device=labels.device)
@@ -102,14 +94,10 @@ def g_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, labels: tor
     with autocast_for(cfg, labels.device):
         fake = G(z, labels)
     src, cls = _d_call(D, fake, labels, cfg)
-    # Label flipping (S0): fakes labelled real, i.e. the non-saturating loss; without it G
-    # minimises log(1 - D(G(z))) (the original minimax loss).
-    loss = _bce(src, 1.0) if cfg.flip_labels_g else -_bce(src, 0.0)
-    if cls is not None:
-        loss = loss + cfg.aux_weight * F.cross_entropy(cls, labels)
-    loss.backward()
+    g_loss = loss.g(src, cls, labels, cfg)
+    g_loss.backward()
     opt_g.step()
-    return {"g_loss": loss.detach(), "d_g_z2": torch.sigmoid(src.detach()).mean()}
+    return {"g_loss": g_loss.detach(), **loss.g_stats(src.detach())}
 
 
 def does_d_step(i: int, cfg: GANConfig) -> bool:
@@ -157,7 +145,9 @@ def train_epoch(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
         raise ValueError("train_epoch got no batches: the data set is smaller than one batch "
                          f"(batch_size={cfg.batch_size}); lower batch_size or add images")
     out = {k: float(v) / (g_steps if k in _G_KEYS else d_steps) for k, v in sums.items()}
-    for k in _D_KEYS + _G_KEYS + (("aux_class_acc",) if cfg.family == "acgan" else ()):
+    family = FAMILIES[cfg.family]
+    aux = ("aux_class_acc",) if family.class_head else ()
+    for k in _D_KEYS + _G_KEYS + family.loss.extra_keys + aux:
         out.setdefault(k, float("nan"))
     epoch_s = time.perf_counter() - t0
     out.update(d_steps=float(d_steps), g_steps=float(g_steps), batches=float(n_batches),

@@ -1,6 +1,7 @@
 """`train_gan`: the GAN trainable, written once against `RunContext` (standalone or Ray Train)."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 import warnings
@@ -9,14 +10,18 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from trainables.context import RunContext
+from trainables.data import to_tensor
+from trainables.data.augment import PositionalAugment
 from trainables.gan.build import build_models, build_optimizer, build_scheduler, trained_classes
 from trainables.gan.checkpoint import (STATE_FORMAT, atomic_save, load_checkpoint, rng_state,
                                        save_generator, set_rng_state, STATE_FILE)
 from trainables.gan.config import GANConfig
+from trainables.gan.families import FAMILIES
 from trainables.gan.guard import DivergenceGuard
 from trainables.gan.loop import train_epoch
 from trainables.gan.sampling import grid_labels, sample, save_grid
@@ -39,8 +44,6 @@ class ImageSetDataset(Dataset):
 
 
 def _collate(items: Sequence[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    from trainables.data import to_tensor
-
     images = np.stack([x for x, _ in items])
     return to_tensor(images, value_range="[-1,1]"), torch.tensor([y for _, y in items])
 
@@ -49,14 +52,14 @@ def make_loader(cfg: GANConfig, data: Any, class_indices: Sequence[int], ctx: Ru
                 ) -> DataLoader:
     """Shuffled, drop_last loader over the trained classes; the order is a function of
     (seed, epoch) via `set_epoch` (also with one process) so resume is exact.  A per-class
-    DCGAN gets batches of one class at a time (S1: each class's pair trains on its own
-    batches of `batch_size` images, as many per epoch as its class has)."""
+    family (DCGAN) gets batches of one class at a time (S1: each class's pair trains on its
+    own batches of `batch_size` images, as many per epoch as its class has)."""
     labels = np.asarray(data.labels)
     rows = np.flatnonzero(np.isin(labels, list(class_indices)))
     ds = ImageSetDataset(data.images, labels, rows)
     common = dict(num_workers=cfg.num_workers, collate_fn=_collate,
                   pin_memory=ctx.device.type == "cuda")
-    if cfg.family == "dcgan":
+    if FAMILIES[cfg.family].per_class:
         sampler = PerClassBatchSampler(labels[rows], class_indices, cfg.batch_size, ctx.rank,
                                        ctx.world_size, cfg.seed)
         return DataLoader(ds, batch_sampler=sampler, **common)
@@ -137,8 +140,6 @@ def real_augment(cfg: GANConfig) -> Callable[[torch.Tensor], torch.Tensor] | Non
     Draws from the global RNG, which is seeded per epoch: resume stays exact."""
     if not (cfg.real_shear or cfg.real_zoom):
         return None
-    from trainables.data.augment import PositionalAugment
-
     return PositionalAugment(translate=0.0, degrees=0.0, zoom=cfg.real_zoom, intensity=0.0,
                              shear=cfg.real_shear)
 
@@ -161,8 +162,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     G, D = G.to(dev, memory_format=fmt), D.to(dev, memory_format=fmt)
     opt_g, opt_d = build_optimizer(cfg, G.parameters(), cfg.lr_g), build_optimizer(cfg, D.parameters(), cfg.lr_d)
     sched_g, sched_d = build_scheduler(cfg, opt_g), build_scheduler(cfg, opt_d)
-    guard = DivergenceGuard(cfg.guard_d_loss_floor, cfg.guard_patience, cfg.guard_collapse_std,
-                            cfg.guard_warmup, cfg.guard_min_diversity)
+    guard = DivergenceGuard.for_config(cfg)
     start_epoch, iteration = 0, 0
     if ctx.resume_dir is not None:
         start_epoch, iteration = _resume(ctx.resume_dir, cfg, classes, G, D, opt_g, opt_d,
@@ -189,7 +189,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         if reason is None and evaluate is not None and ctx.is_main and (
                 (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
             G.eval(); D.eval()
-            m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch).items()})
+            m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch, cfg).items()})
             G.train(); D.train()
             reason = guard.after_eval(m)
         reason = _agree(reason, ctx)
@@ -221,17 +221,16 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     return reports
 
 
-def _evaluate(evaluate: Evaluate, G: nn.Module, D: nn.Module, epoch: int) -> dict[str, float]:
-    """Call `evaluate`, handing it the AC-GAN discriminator's class head when there is one,
-    so the class check can compare what D "sees" in the fakes with an independent classifier."""
-    if getattr(D, "classes", None) is None or not _accepts_aux(evaluate):
+def _evaluate(evaluate: Evaluate, G: nn.Module, D: nn.Module, epoch: int,
+              cfg: GANConfig) -> dict[str, float]:
+    """Call `evaluate`, handing it D's class head when its family has one (AC-GAN), so the
+    class check can compare what D "sees" in the fakes with an independent classifier."""
+    if not FAMILIES[cfg.family].class_head or not _accepts_aux(evaluate):
         return evaluate(G, epoch)
     return evaluate(G, epoch, aux_classifier=lambda x: D(x)[1])
 
 
 def _accepts_aux(fn: Callable) -> bool:
-    import inspect
-
     try:
         return "aux_classifier" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -274,8 +273,6 @@ def _rescale_lr(opt: torch.optim.Optimizer, sched, factor: float) -> None:
 def _mean_across_ranks(m: dict[str, float], ctx: RunContext) -> dict[str, float]:
     """Under DDP, average the epoch numbers over ranks (images_per_s is summed), so every
     rank reports and guards on the same values and they all stop together."""
-    import torch.distributed as dist
-
     if ctx.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
         return m
     keys = sorted(m)
@@ -289,8 +286,6 @@ def _mean_across_ranks(m: dict[str, float], ctx: RunContext) -> dict[str, float]
 def _agree(reason: str | None, ctx: RunContext) -> str | None:
     """Under DDP only rank 0 evaluates, so a stop it decides there is broadcast: all ranks
     stop at the same epoch (a rank left training alone would hang in its next all-reduce)."""
-    import torch.distributed as dist
-
     if ctx.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
         return reason
     flag = torch.tensor([1.0 if reason else 0.0], device=ctx.device)

@@ -31,6 +31,7 @@ from .frechet import frechet_distance_from_features
 from .inception_score import inception_score
 from .kid import kid
 from .stats_cache import StatsCache, stats_key
+from .tsne import tsne_plot
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,6 @@ class GanEvaluator:
 
     def tsne(self, G: torch.nn.Module, out_png, title: str = "") -> Path:
         """t-SNE PNG of real vs this G's fixed-set features (needs the extractor)."""
-        from .tsne import tsne_plot
         if self.extractor is None:
             raise RuntimeError("t-SNE needs Inception features: " +
                                "; ".join(self.protocol["skipped"].values()))

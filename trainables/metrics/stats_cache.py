@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from trainables.atomic import atomic_path
+
 
 def default_stats_dir() -> Path:
     """$CXR_CACHE_DIR/fid-stats (default ~/.cache/cxr-gan-search/fid-stats)."""
@@ -54,8 +56,7 @@ class StatsCache:
         arrays = compute()
         self.dir.mkdir(parents=True, exist_ok=True)
         # Write beside, then rename: parallel trials never read half a file.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
         self.misses += 1
         return arrays

@@ -4,12 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from sklearn.manifold import TSNE
+
+from trainables.figures import save as save_figure
 
 
 def tsne_embedding(real: np.ndarray, fake: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """(N_real + N_fake, 2) t-SNE coordinates of the stacked features (real first)."""
-    from sklearn.manifold import TSNE
-
     x = np.concatenate([real, fake]).astype(np.float64)
     if len(x) < 5:
         raise ValueError(f"t-SNE needs at least 5 points, got {len(x)}")
@@ -21,19 +23,12 @@ def tsne_embedding(real: np.ndarray, fake: np.ndarray, *, seed: int = 0) -> np.n
 def tsne_plot(real: np.ndarray, fake: np.ndarray, out_png: Path | str, *, seed: int = 0,
               title: str = "t-SNE of Inception features") -> Path:
     """Scatter real (blue) and synthetic (orange) features in 2-D; returns the PNG path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     emb = tsne_embedding(real, fake, seed=seed)
     n = len(real)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.scatter(*emb[:n].T, s=8, label=f"real (N={n})")
     ax.scatter(*emb[n:].T, s=8, label=f"synthetic (N={len(fake)})")
     ax.legend()
     ax.set_title(title, fontsize=9)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

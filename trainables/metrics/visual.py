@@ -17,6 +17,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from trainables.figures import save as save_figure
 
 
 def within_class_diversity(features, labels) -> dict[int, float]:
@@ -78,11 +82,6 @@ def contact_sheet(entries: Sequence[tuple[str, Path | str]], real_images: np.nda
 
     entries: (title, path to the epoch's grid.png) in shortlist order.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
     missing = [str(p) for _, p in entries if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"grid image(s) not found: {missing}; grids are written at "
@@ -90,13 +89,10 @@ def contact_sheet(entries: Sequence[tuple[str, Path | str]], real_images: np.nda
     panels = [("real (rows: " + ", ".join(classes) + ")",
                real_grid(real_images, real_labels, len(classes), per_class))]
     panels += [(t, np.asarray(Image.open(p).convert("RGB"))) for t, p in entries]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    fig = Figure(figsize=(4 * len(panels), 4.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels):
         ax.imshow(img.squeeze(), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

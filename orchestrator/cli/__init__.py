@@ -1,0 +1,1 @@
+"""The commands: argparse -> `main(argv)`; `python -m orchestrator.<command>` runs them."""

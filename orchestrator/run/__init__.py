@@ -1,0 +1,1 @@
+"""Running a search: trial settings, preflight checks, the cluster, the Tune tuner."""

@@ -1,0 +1,114 @@
+"""The Ray cluster a search runs on: joining it, checking its storage, waiting for an
+autoscaler's GPUs, and placing trials (GPUs and workers per trial, concurrency)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import ray
+from ray.autoscaler.sdk import request_resources
+
+from orchestrator.config import ConfigError, SearchConfig
+from trainables.trial import Placement
+
+WaitForGpus = Callable[[float, int, float], float]
+
+
+def init_ray() -> None:
+    if ray.is_initialized():
+        return
+    # On a cluster (`ray up` + `ray submit`, or RAY_ADDRESS) join it; otherwise a local Ray.
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+             log_to_driver=True, configure_logging=False)
+
+
+def check_shared_storage(storage: str, nodes: list[dict]) -> None:
+    """Checkpoints of trials on other machines must land where the ranking can read them."""
+    hosts = {n.get("NodeManagerAddress") for n in nodes if n.get("Alive")}
+    if len(hosts) > 1 and "://" not in storage:
+        raise ConfigError(
+            f"--storage {storage!r} is a local path but the cluster spans {len(hosts)} machines: "
+            "Ray does not sync checkpoints to the head, so the ranking could not read them. "
+            "Use --storage s3://BUCKET/… or gs://…, or file:///PATH on a file system every node "
+            "mounts")
+
+
+def wait_for_gpus(per_worker: float, workers: int, timeout_s: float) -> float:
+    """Ask the autoscaler for one trial's GPUs and wait (up to timeout_s) until they exist."""
+    need = per_worker * workers
+    request_resources(bundles=[{"GPU": per_worker}] * workers)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            gpus = ray.cluster_resources().get("GPU", 0.0)
+            if gpus >= need or time.monotonic() >= deadline:
+                return gpus
+            print(f"waiting for the autoscaler: {gpus:g} of {need:g} GPUs up", file=sys.stderr)
+            time.sleep(10)
+    finally:
+        # Tune's own pending trials drive further scaling; drop the standing request so
+        # idle nodes can be released after the search.
+        request_resources(bundles=[])
+
+
+def place(cfg: SearchConfig, resources: dict,
+          wait: Optional[WaitForGpus] = None) -> Placement:
+    """GPUs and workers per trial, checked against what the cluster has (or, with
+    --gpu-wait, what an autoscaling cluster brings up via `wait`)."""
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    need = per_worker * cfg.workers_per_trial
+    autoscaling = need > gpus and cfg.gpu_wait > 0 and wait is not None
+    if autoscaling:
+        gpus = wait(per_worker, cfg.workers_per_trial, cfg.gpu_wait)
+    if need > gpus:
+        hint = (f" after waiting {cfg.gpu_wait:g} s for the autoscaler" if autoscaling else
+                "; on an autoscaling cluster (GPU nodes from zero) add --gpu-wait 900")
+        raise ConfigError(f"a trial needs {need:g} GPUs ({cfg.workers_per_trial} workers x "
+                          f"{per_worker:g}) but the cluster has {gpus:g}{hint}")
+    if cfg.workers_per_trial > cpus and not autoscaling:
+        raise ConfigError(f"--workers-per-trial {cfg.workers_per_trial} exceeds the cluster's "
+                          f"{cpus:g} CPUs")
+    execution = _execution(cfg, per_worker)
+    # With a Train trial the trial actor itself only coordinates: a sliver of a CPU.
+    cpus_per_worker = 0.99 if execution == "train" and cpus <= 2 else 1.0
+    return Placement(execution=execution, workers_per_trial=cfg.workers_per_trial,
+                     use_gpu=per_worker > 0, gpus_per_worker=per_worker,
+                     cpus_per_worker=cpus_per_worker,
+                     max_concurrent=_concurrency(cfg, autoscaling, gpus, cpus, need,
+                                                 cpus_per_worker))
+
+
+def _concurrency(cfg: SearchConfig, autoscaling: bool, gpus: float, cpus: float, need: float,
+                 cpus_per_worker: float) -> Optional[int]:
+    if autoscaling:  # the cluster grows as trials wait: let Tune queue them
+        return cfg.max_concurrent
+    if cfg.smoke and cfg.scheduler == "asha" and cfg.max_concurrent is None:
+        # ASHA compares a trial with those that reached the rung before it, so concurrent
+        # trials make its stops depend on which process finished an epoch first. The smoke
+        # run is a check anyone reruns: one trial at a time gives the same stops every time.
+        return 1
+    return cfg.max_concurrent or max(
+        1, int(gpus // need) if need else int(cpus // (cpus_per_worker * cfg.workers_per_trial)))
+
+
+def _execution(cfg: SearchConfig, per_worker: float) -> str:
+    """function: the loop runs in the Tune trial (one process, CPU or GPU); train: a Ray
+    Train TorchTrainer per trial (DDP over several workers)."""
+    if cfg.scheduler == "pbt":
+        # PBT exploits by restarting a trial from another trial's Tune checkpoint; Train V2
+        # keeps checkpoints in the Train run's own storage, where Tune cannot hand them over.
+        if cfg.workers_per_trial > 1 or cfg.execution == "train":
+            raise ConfigError("--scheduler pbt needs one worker per trial (--execution function;"
+                              " it may use a GPU): Ray Train trials keep their checkpoints where "
+                              "PBT cannot exploit them. Use --scheduler asha for DDP trials")
+        return "function"
+    execution = cfg.execution
+    if execution == "auto":
+        execution = "train" if (per_worker > 0 or cfg.workers_per_trial > 1) else "function"
+    if execution == "function" and cfg.workers_per_trial > 1:
+        raise ConfigError("--execution function runs one worker per trial; use --execution "
+                          "train for --workers-per-trial > 1")
+    return execution

@@ -1,0 +1,111 @@
+"""The Tune side of a search: the trainable, the searcher (Optuna TPE / random, or seeded
+random starts under PBT), the scheduler (ASHA, PBT or FIFO) and the Tuner itself."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator import registry
+from orchestrator.config import ConfigError, SearchConfig
+from trainables.ray_glue import trial, trial_resources
+from trainables.trial import TrialSettings
+
+
+def make_trainable(settings: TrialSettings):
+    bound = tune.with_parameters(_trial_entry, settings=settings)
+    return tune.with_resources(bound, trial_resources(settings.placement))
+
+
+def _trial_entry(config: dict, settings: TrialSettings) -> None:
+    """Searched parameters -> trial config (space.to_config), then the shared trial runner."""
+    space = registry.experiment_space(settings.experiment)
+    trial(space.to_config(config), settings)
+
+
+def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callback):
+    trainable = make_trainable(settings)
+    path = f"{storage.rstrip('/')}/{cfg.name}"
+    if cfg.resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: nothing to resume at {path}")
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    objectives = cfg.objectives()
+    metric, mode = objectives[0]
+    space_module = registry.experiment_space(cfg.experiment)
+    search_alg, param_space = searcher(cfg, space_module, settings, objectives, storage)
+    tune_config = tune.TuneConfig(
+        num_samples=cfg.num_samples,
+        max_concurrent_trials=settings.placement.max_concurrent,
+        search_alg=search_alg,
+        scheduler=scheduler(cfg, metric, mode, settings.epochs, space_module,
+                            own_metric=len(objectives) > 1),
+        # Multi-objective Optuna gets metric/mode itself; Tune then must not (the scheduler
+        # gets the first objective instead).
+        **({"metric": metric, "mode": mode} if len(objectives) == 1 else {}),
+    )
+    run_config = tune.RunConfig(
+        name=cfg.name, storage_path=storage, callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        progress_reporter=tune.CLIReporter(
+            metric_columns=["epoch", metric, "g_loss", "d_loss"], max_report_frequency=30),
+        verbose=1,
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=run_config)
+
+
+def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objectives, storage):
+    """OptunaSearch (TPE or random sampler) over the define-by-run space; none under PBT."""
+    if cfg.scheduler == "pbt":
+        # seeded random starting points, so a PBT search is reproducible like an Optuna one
+        return BasicVariantGenerator(random_state=cfg.seed), pbt_mutations(space_module)
+    sampler = (optuna.samplers.TPESampler(seed=cfg.seed) if cfg.searcher == "optuna"
+               else optuna.samplers.RandomSampler(seed=cfg.seed))
+    epochs = settings.epochs
+    names = [m for m, _ in objectives]
+    modes = [d for _, d in objectives]
+    search = OptunaSearch(
+        space=functools.partial(space_module.space, max_epochs=epochs),
+        metric=names[0] if len(names) == 1 else names,
+        mode=modes[0] if len(modes) == 1 else modes,
+        points_to_evaluate=space_module.first_points(dict(settings.base), epochs),
+        sampler=sampler,
+        study_name=cfg.name,
+        storage=optuna_storage(cfg, storage),
+    )
+    return search, None
+
+
+def optuna_storage(cfg: SearchConfig, storage: str):
+    """A study optuna-dashboard can open: sqlite beside the Tune results (or ./ray_results)."""
+    root = Path(storage) if "://" not in storage else Path("ray_results").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{root / (cfg.name + '-optuna.db')}")
+
+
+def pbt_mutations(space_module) -> dict:
+    """PBT's perturbation ranges (also its random starting space); learning rates span
+    decades, so they are perturbed on a log scale."""
+    return {key: tune.loguniform(lo, hi) if key.startswith("lr") else tune.uniform(lo, hi)
+            for key, (lo, hi) in space_module.PBT_MUTATIONS.items()}
+
+
+def scheduler(cfg: SearchConfig, metric: str, mode: str, epochs: int, space_module,
+              own_metric: bool = False):
+    if cfg.scheduler == "asha":
+        extra = {"metric": metric, "mode": mode} if own_metric else {}
+        return ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
+                             grace_period=1, reduction_factor=2, **extra)
+    if cfg.scheduler == "pbt":
+        return PopulationBasedTraining(
+            time_attr="training_iteration", perturbation_interval=max(1, epochs // 4),
+            hyperparam_mutations=pbt_mutations(space_module))
+    return FIFOScheduler()

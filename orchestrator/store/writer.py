@@ -1,0 +1,203 @@
+"""Writing a search (parent run + a Tune callback for the trials) and a classifier study.
+
+Everything is logged from the driver (Ray's head), because on a cluster the tracking server
+listens on the head's 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from orchestrator.store.layout import (PARENT, ROLE, TRIAL_ID, epoch_tag, experiment_id,
+                                       flatten, grid_artifact, log_as, log_params,
+                                       read_checkpoint_file, short, trial_runs)
+
+# Numeric result keys that are Tune bookkeeping, not metrics of the experiment.
+_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
+              "time_since_restore", "iterations_since_restore", "done", "timesteps_total",
+              "episodes_total", "timesteps_since_restore", "node_ip", "date", "hostname",
+              "trial_id", "experiment_id", "config", "checkpoint_dir_name", "should_checkpoint"}
+
+
+def start_parent_run(client, search_name: str, params: dict, tags: dict,
+                     role: str = "search") -> str:
+    """Create (or, on --resume, find) the search's parent run; returns its id."""
+    experiment = experiment_id(client, search_name)
+    existing = client.search_runs([experiment], f"tags.`{ROLE}` = '{role}'", max_results=1)
+    if existing and role == "search":
+        return existing[0].info.run_id
+    run = client.create_run(experiment, run_name=search_name,
+                            tags={ROLE: role, **{k: str(v) for k, v in tags.items()}})
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def _numbers(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class MlflowSearchCallback(Callback):
+    """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths."""
+
+    def __init__(self, tracking_uri: str, search_name: str, parent_run_id: str):
+        self.tracking_uri = tracking_uri
+        self.search_name = search_name
+        self.parent_run_id = parent_run_id
+        self._client = None
+        self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self.checkpoints: dict[tuple[str, int], str] = {}
+        self._protocols: dict[str, str] = {}
+
+    # Tune pickles callbacks into its experiment state: keep the client out of it.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_for(self, trial) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        experiment = experiment_id(self.client, self.search_name)
+        found = trial_runs(self.client, experiment, self.parent_run_id, trial.trial_id, 1)
+        if found:  # a resumed search: continue the trial's run, never duplicate it
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.step) for m in history), default=-1)
+        else:
+            run = self.client.create_run(
+                experiment, run_name=f"trial-{trial.trial_id}",
+                tags={ROLE: "trial", TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id})
+            run_id = run.info.run_id
+            log_params(self.client, run_id, flatten("", trial.config))
+            self._last_step[run_id] = -1
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 1) - 1))
+        if isinstance(result.get("resumed_from"), str):
+            # PBT exploit: from here on this trial continues another trial's weights;
+            # epochs it had already logged are superseded, not replays.
+            self.client.set_tag(run_id, epoch_tag("lineage", epoch), result["resumed_from"])
+            self._last_step[run_id] = min(self._last_step.get(run_id, -1), epoch - 1)
+            for key in [k for k in self.checkpoints if k[0] == trial.trial_id and k[1] >= epoch]:
+                del self.checkpoints[key]
+        if epoch <= self._last_step.get(run_id, -1):
+            return  # replayed after a resume: already recorded
+        self._last_step[run_id] = epoch
+        self._log_metrics(run_id, result, epoch)
+        if isinstance(result.get("stop_reason"), str) and result["stop_reason"]:
+            self.client.set_tag(run_id, "stop_reason", result["stop_reason"])
+        if isinstance(result.get("eval_protocol"), str):
+            self._log_protocol(run_id, result["eval_protocol"])
+        if result.get("checkpoint_path"):  # Ray Train path: the checkpoint is in Train storage
+            self._record_checkpoint(trial, run_id, epoch, result["checkpoint_path"], None)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        run_id = self.run_for(trial)
+        epoch = int((trial.last_result or {}).get("epoch", -1))
+        if epoch >= 0:
+            self._record_checkpoint(trial, run_id, epoch, checkpoint.path, checkpoint.filesystem)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.client.set_terminated(self.run_for(trial), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, "error", short(getattr(trial, "error_file", "") or "failed"))
+        self.client.set_terminated(run_id, "FAILED")
+
+    def _log_protocol(self, run_id: str, text: str) -> None:
+        """The evaluation protocol, once per trial: params `fid_protocol.*` + a JSON file."""
+        if self._protocols.get(run_id) == text:
+            return
+        self._protocols[run_id] = text
+        self.client.log_text(run_id, text, "eval_protocol.json")
+        existing = self.client.get_run(run_id).data.params
+        fresh = {k: v for k, v in flatten("fid_protocol", json.loads(text)).items()
+                 if k not in existing}  # params are immutable; the first protocol stands
+        log_params(self.client, run_id, fresh)
+
+    def _log_metrics(self, run_id: str, result: dict, epoch: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, epoch) for key, value in _numbers(result).items()
+                   if key not in _TUNE_KEYS and value == value]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def _record_checkpoint(self, trial, run_id, epoch, path, filesystem) -> None:
+        if (trial.trial_id, epoch) in self.checkpoints:
+            return
+        self.checkpoints[(trial.trial_id, epoch)] = path
+        self.client.set_tag(run_id, epoch_tag("ckpt", epoch), path)
+        grid = read_checkpoint_file(path, "grid.png", filesystem)
+        if grid is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / Path(grid_artifact(epoch)).name
+                local.write_bytes(grid)
+                self.client.log_artifact(run_id, str(local), artifact_path="grids")
+
+
+# ------------------------------------------------------------------------------ study
+def study_run_logger(client, search_name: str, parent: str):
+    """A `run_study` callback: one MLflow run per (strategy, seed) as it finishes."""
+    experiment = client.get_experiment_by_name(search_name).experiment_id
+
+    def callback(kind: str, payload: dict) -> None:
+        if kind == "run":
+            _log_study_run(client, experiment, parent, payload)
+
+    return callback
+
+
+def _log_study_run(client, experiment: str, parent: str, payload: dict) -> None:
+    row, config = payload["metrics"], payload["config"]
+    label = f"{config['strategy']}-seed{config['seed']}"
+    run = client.create_run(experiment, run_name=label, tags={
+        ROLE: "study_run", PARENT: parent, "strategy": config["strategy"],
+        # what the model really started from, not the flag: a custom CNN never loads
+        # ImageNet weights
+        "pretrained": str(bool(row.get("pretrained")))})
+    run_id = run.info.run_id
+    log_params(client, run_id, flatten("", config))
+    for epoch, history in enumerate(payload["history"]):
+        for key, value in _numbers(history).items():
+            client.log_metric(run_id, key, value, step=epoch)
+    for key, value in _numbers(row).items():
+        client.log_metric(run_id, f"test_{key}" if not key.startswith("test") else key, value)
+    run_dir = Path(row["run_dir"])
+    for name, folder in (("confusion_matrix.png", "confusion"), ("gradcam.png", "gradcam"),
+                         ("classification_report.txt", "report"),
+                         ("test_metrics.json", "report")):
+        if (run_dir / name).exists():
+            client.log_artifact(run_id, str(run_dir / name), artifact_path=folder)
+            log_as(client, parent, run_dir / name, folder, f"{label}{Path(name).suffix}")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_study_table(client, parent: str, run_dir: Path, markdown: str, best_strategy: str) -> None:
+    """The study's table (Markdown, CSV, per-run CSV) on its parent run, which then ends."""
+    for name, logged in (("study.md", "table.md"), ("study.csv", "table.csv"),
+                         ("study_runs.csv", "runs.csv")):
+        log_as(client, parent, run_dir / name, "study", logged)
+    client.set_tag(parent, "mlflow.note.content", markdown)
+    client.set_tag(parent, "cxr.best_strategy", best_strategy)
+    client.set_terminated(parent, "FINISHED")
