@@ -17,6 +17,10 @@ from orchestrator import registry
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_STORAGE = "ray_results"
 
+# Selection never picks an epoch whose diversity_ratio is below this (orchestrator.ranking);
+# the smoke budget's 48 fakes at 32 px read low for every generator, so its limit is lower.
+MIN_DIVERSITY = {"full": 0.4, "smoke": 0.25}
+
 # CPU smoke budget: what a 2-core laptop finishes in minutes.
 SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval_every": 1,
              "steps_per_epoch": 20}
@@ -63,7 +67,21 @@ class SearchConfig:
     skip_bad: bool = False  # skip unreadable images (listed in skipped.csv), else an error
     tune: bool = False  # classifier: Tune search of hyper-parameters instead of the study
     no_pretrained: bool = False  # classifier: VGG16/ResNet50 from scratch, no ImageNet weights
+    keep_epochs: int = 5  # per trial: generator weights of this many best epochs are kept
+    asha_grace: float = 0.25  # ASHA's grace period, as a share of the epochs
+    force: bool = False  # --resume even if the settings or the data differ from the first run
+    # study: the GAN strategies' generator, models:/NAME@ALIAS or NAME/VERSION (other data:
+    # only with force)
+    generator: Optional[str] = None
+    gan_search: Optional[str] = None  # study: use the generator this search registered
+    minority: Optional[str] = None  # study: "CLASS=SHARE[,...]", class rare in training only
+    min_diversity: Optional[float] = None  # collapse limit for selection; None: by budget
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
+
+    def diversity_limit(self) -> float:
+        if self.min_diversity is not None:
+            return self.min_diversity
+        return MIN_DIVERSITY["smoke" if self.smoke else "full"]
 
     def objectives(self) -> list[tuple[str, str]]:
         return registry.parse_objectives(self.objective, self.experiment)
@@ -77,7 +95,8 @@ def validate(cfg: SearchConfig) -> None:
     """Reject bad values before anything starts (Ray, MLflow, data)."""
     positive = {"--num-samples": cfg.num_samples, "--max-epochs": cfg.max_epochs,
                 "--max-concurrent": cfg.max_concurrent,
-                "--workers-per-trial": cfg.workers_per_trial, "--eval-every": cfg.eval_every}
+                "--workers-per-trial": cfg.workers_per_trial, "--eval-every": cfg.eval_every,
+                "--keep-epochs": cfg.keep_epochs}
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -86,6 +105,10 @@ def validate(cfg: SearchConfig) -> None:
     objectives = cfg.objectives()
     if cfg.scheduler == "pbt" and len(objectives) > 1:
         raise ValueError("--scheduler pbt optimises one objective; give a single --objective")
+    if cfg.min_diversity is not None and not 0 <= cfg.min_diversity < 1:
+        raise ValueError(f"--min-diversity must be in [0, 1), got {cfg.min_diversity}")
+    if not 0 < cfg.asha_grace <= 1:
+        raise ValueError(f"--asha-grace is a share of the epochs in (0, 1], got {cfg.asha_grace}")
     if cfg.gpu_wait < 0:
         raise ValueError(f"--gpu-wait must be >= 0 seconds, got {cfg.gpu_wait}")
     if cfg.scheduler == "pbt" and cfg.searcher == "optuna":
@@ -98,9 +121,43 @@ def validate(cfg: SearchConfig) -> None:
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    validate_study_options(cfg)
     storage = cfg.storage
     if "://" in storage and not storage.startswith(("s3://", "gs://", "file://", "abfs://")):
         raise ValueError(f"--storage {storage!r}: use a local path, s3://… or gs://…")
+
+
+def validate_study_options(cfg: SearchConfig) -> None:
+    """--generator, --gan-search and --minority belong to the classifier study."""
+    given = [flag for flag, value in (("--generator", cfg.generator),
+                                      ("--gan-search", cfg.gan_search),
+                                      ("--minority", cfg.minority)) if value]
+    if given and (cfg.experiment != "classifier" or cfg.tune):
+        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                         "to the classifier study only "
+                         "(`search classifier` without --tune); a GAN for a study with "
+                         "--minority is trained on the data folder the study prints")
+    if cfg.generator and cfg.gan_search:
+        raise ValueError("give --generator or --gan-search, not both")
+    if cfg.minority:
+        parse_minority(cfg.minority)
+
+
+def parse_minority(text: str) -> dict[str, float]:
+    """`"COVID-19=0.2"` or `"COVID-19=0.2,Normal=0.5"` -> {class: share of its training
+    images kept}; a share must be in (0, 1).  Class names are checked against the data later."""
+    out = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = float("nan")
+        if not name.strip() or not 0 < share < 1:
+            raise ValueError(f"--minority {item!r}: expected CLASS=SHARE with SHARE in (0, 1), "
+                             "e.g. --minority COVID-19=0.2 (keep 20 % of its training images)")
+        out[name.strip()] = share
+    return out
 
 
 def default_name(cfg: SearchConfig) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator import ranking
-from orchestrator.store.layout import read_checkpoint_file, trial_runs
+from orchestrator.store.layout import (STATUS, checkpoint_has, read_checkpoint_file,
+                                       trial_runs)
 from orchestrator.store.models import register_generator
 from orchestrator.store.reader import load_epoch_table
 from orchestrator.view import write_report
@@ -17,19 +18,25 @@ from trainables.trial import TrialSettings, load_selection
 
 def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:
     """Rank (trial, epoch) rows from MLflow, record the outcome, print where to look."""
+    killed = reconcile_running(client, cfg.name, parent_run_id)
     table = load_epoch_table(cfg.name, cfg.mlflow_uri)
     failed = _failed_trials(results)
+    endings = trial_endings(client, cfg.name, parent_run_id)
     if table.empty:
         client.set_tag(parent_run_id, "cxr.best", "none: no trial reported an epoch")
         client.set_terminated(parent_run_id, "FAILED")
         summary = {"search": cfg.name, "trials": 0, "failed_trials": failed, "best": None,
-                   "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri}
+                   "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri, "endings": endings}
         print(format_summary(summary))
         return summary
+    log_summary_metrics(client, parent_run_id, table, endings, cfg.objectives()[0])
+    if cfg.is_gan:
+        table = mark_kept(table)
     out_dir = Path(tempfile.mkdtemp(prefix="cxr-ranking-"))
     policy = "weighted" if cfg.experiment == "classifier" else cfg.policy
     summary: dict[str, Any] = {"search": cfg.name, "trials": int(table["trial_id"].nunique())
                                if len(table) else 0, "failed_trials": failed,
+                               "killed_trials": killed, "endings": endings,
                                "policy": policy, "mlflow_uri": cfg.mlflow_uri}
     try:
         ranked = ranking.rank(table, policy, None, **policy_options(cfg))
@@ -40,18 +47,76 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     else:
         for path in ranking.write_ranking(ranked, out_dir, "ranking"):
             client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
-        why = "none: no epoch could be ranked"
+        why = _why_nothing(ranked)
     best = _best_row(ranked) if ranked is not None else None
     if best is None:
         client.set_tag(parent_run_id, "cxr.best", why[:5000])
-        print(why)
-        summary["best"] = None
+        summary["best"], summary["why_none"] = None, why
     else:
-        summary.update(_record_best(cfg, settings, client, parent_run_id, best))
+        summary.update(record_best(cfg, settings, client, parent_run_id, best))
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
     return summary
+
+
+def reconcile_running(client, search_name: str, parent_run_id: str) -> list[str]:
+    """Trial runs still RUNNING after Tune returned belong to trials Tune no longer knows (the
+    driver was killed before its experiment state recorded them): mark them KILLED, with the
+    reason, so that no partial trial is ranked as if it had finished.  Returns their ids."""
+    experiment = client.get_experiment_by_name(search_name)
+    killed = []
+    for run in trial_runs(client, experiment.experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, STATUS, "killed")
+            client.set_tag(run.info.run_id, "stop_reason",
+                           "killed: the driver died while this trial ran and the resumed "
+                           "search did not continue it")
+            client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.data.tags.get("cxr.trial_id", run.info.run_id))
+    return killed
+
+
+def trial_endings(client, search_name: str, parent_run_id: str) -> dict[str, list]:
+    """status -> [(trial id, stop reason)], for the summary (`cxr.status` tags)."""
+    experiment = client.get_experiment_by_name(search_name)
+    endings: dict[str, list] = {}
+    for run in trial_runs(client, experiment.experiment_id, parent_run_id):
+        tags = run.data.tags
+        status = tags.get(STATUS, run.info.status.lower())
+        endings.setdefault(status, []).append((tags.get("cxr.trial_id", run.info.run_id),
+                                               tags.get("stop_reason", "")))
+    return endings
+
+
+def log_summary_metrics(client, parent_run_id: str, table, endings: dict,
+                        objective: tuple[str, str]) -> None:
+    """The search at a glance on its parent run (the experiment's run list shows them):
+    the best value of the objective over every epoch, and how the trials ended."""
+    name, mode = objective
+    if name in table and table[name].notna().any():
+        best = table[name].min() if mode == "min" else table[name].max()
+        client.log_metric(parent_run_id, f"best_{name}", float(best))
+    for status in ("finished", "stopped_early", "diverged", "failed", "killed"):
+        client.log_metric(parent_run_id, f"trials_{status}", float(len(endings.get(status, []))))
+
+
+def mark_kept(table):
+    """A `kept` column: whether the epoch's checkpoint still holds its generator (Tune keeps
+    the --keep-epochs best epochs' folders and the latest)."""
+    if "checkpoint" not in table:  # no checkpoint recorded at all: nothing to say
+        return table
+    kept = [isinstance(p, str) and checkpoint_has(p, "generator.pt") for p in table["checkpoint"]]
+    return table.assign(kept=kept)
+
+
+def _why_nothing(ranked) -> str:
+    barred = ranked[ranked["status"].isin(["collapsed", "not_kept", "killed"])]
+    if len(barred) and not (ranked["status"] == "ranked").any():
+        counts = barred["status"].value_counts().to_dict()
+        return (f"none: every epoch is unusable ({counts}); no generator was registered. "
+                "See the ranking artefact's reasons and the grids")
+    return "none: no epoch could be ranked"
 
 
 def _log_report(cfg, client, parent_run_id: str) -> None:
@@ -67,16 +132,18 @@ def _log_report(cfg, client, parent_run_id: str) -> None:
 
 
 def policy_options(cfg) -> dict:
-    """The search's objectives steer the Pareto policy; staged/weighted use their defaults."""
+    """The search's objectives steer the Pareto policy; staged/weighted use their defaults;
+    the collapse limit follows the budget (`SearchConfig.diversity_limit`)."""
     if cfg.experiment == "classifier":  # one validation metric decides, not the GAN criteria
         name, mode = cfg.objectives()[0]
         return {"weights": {name: 1.0}, "directions": {name: mode}}
+    limits = {"min_diversity": cfg.diversity_limit()}
     if cfg.policy != "pareto":
-        return {}
+        return limits
     names = [name for name, _ in cfg.objectives()]
     if len(names) == 1:
         names = list(dict.fromkeys(["cas_acc", names[0]]))
-    return {"objectives": tuple(names)}
+    return {"objectives": tuple(names), **limits}
 
 
 def _failed_trials(results) -> list[str]:
@@ -92,7 +159,10 @@ def _best_row(ranked) -> Optional[dict]:
         return None
 
 
-def _record_best(cfg, settings: TrialSettings, client, parent_run_id: str, best: dict) -> dict:
+def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: str,
+                best: dict) -> dict:
+    """Tag the selected (trial, epoch) on the parent, register its generator as `champion`,
+    write the parent's note.  settings=None (a re-rank): no t-SNE is redrawn."""
     trial_id, epoch = str(best["trial_id"]), int(best["epoch"])
     run = _trial_run(client, cfg.name, parent_run_id, trial_id)
     metrics = {k: float(v) for k, v in best.items()
@@ -108,7 +178,8 @@ def _record_best(cfg, settings: TrialSettings, client, parent_run_id: str, best:
     registered = None
     if checkpoint and cfg.experiment != "classifier":
         registered = register_generator(cfg, run.info.run_id, checkpoint, epoch)
-        _log_tsne(settings, client, parent_run_id, checkpoint, f"trial {trial_id}, epoch {epoch}")
+        if settings is not None:
+            _log_tsne(settings, client, parent_run_id, checkpoint, f"trial {trial_id}, epoch {epoch}")
     note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
     client.set_tag(parent_run_id, "mlflow.note.content", note)
     lineage = best.get("lineage") if isinstance(best.get("lineage"), str) else ""
@@ -149,12 +220,17 @@ def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
 def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
                       if not k.endswith(("_s", "_per_s")))
-    lines = [f"## Best epoch: trial `{trial_id}`, epoch {epoch}",
-             f"- trial run: `{run.info.run_name}` ({run.info.run_id})" if run else "",
+    # Relative links: the MLflow UI opens them in place (the run page; the model version).
+    run_link = (f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/"
+                f"{run.info.run_id})") if run else ""
+    lines = [f"## Best epoch: trial {run_link or trial_id}, epoch {epoch}",
+             f"- trial run: {run_link} ({run.info.run_id}); its sample grids: the run's "
+             "*Model metrics* tab, image `grid`, slider on the epoch" if run else "",
              f"- ranking policy: {cfg.policy}; why: {reason}" if reason else "",
              f"- metrics: {shown}",
              f"- checkpoint: `{checkpoint}`" if checkpoint else "",
-             (f"- registered: `{registered['name']}` version {registered['version']} "
+             (f"- registered: [{registered['name']} version {registered['version']}]"
+              f"(#/models/{registered['name']}/versions/{registered['version']}) "
               f"(alias `{registered['alias']}`)") if registered else "",
              "- full ranking: artefacts `ranking/ranking.csv`"]
     return "\n".join(line for line in lines if line)
@@ -165,9 +241,13 @@ def format_summary(summary: dict) -> str:
              f"policy {summary['policy']} ==="]
     if summary.get("failed_trials"):
         lines.append(f"failed trials: {', '.join(map(str, summary['failed_trials']))}")
+    for status, trials in sorted((summary.get("endings") or {}).items()):
+        lines.append(f"{status}: {len(trials)} trial(s)" + "".join(
+            f"\n  {trial}: {reason}" for trial, reason in trials if reason))
     best = summary.get("best")
     if not best:
-        lines.append("no epoch could be ranked (see the trials' stop_reason tags in MLflow)")
+        lines.append(summary.get("why_none") or
+                     "no epoch could be ranked (see the trials' stop_reason tags in MLflow)")
     else:
         lines.append(f"best: trial {best['trial_id']}, epoch {best['epoch']}  ({best['reason']})")
         if "<-" in best.get("lineage", ""):

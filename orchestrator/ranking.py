@@ -8,7 +8,10 @@ returns all rows, ordered, with `rank` (1 = best; <NA> for rows that cannot be r
 * status "ranked": ranked by the policy;
 * "not_evaluated": a metric the policy needs is NaN at this epoch (listed in the reason);
   these rows come after every ranked row, never silently first;
-* "rejected": a human verdict rejected the epoch: never ranked, listed last.
+* "rejected": a human verdict rejected the epoch: never ranked, listed last;
+* "collapsed", "not_kept", "killed": an epoch no policy may select, whatever its scores
+  (`unusable`): near-constant or within-class-collapsed samples, a generator whose weights
+  were not kept (`--keep-epochs`), a trial the driver's kill left unfinished.
 
 Human verdicts (`verdict` column, "approve" / "reject") are honoured by every policy:
 rejected rows are excluded; approved rows always enter the staged shortlist and win ties
@@ -48,7 +51,51 @@ def _check(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     bad = sorted(set(df["verdict"]) - {"", *VERDICTS})
     if bad:
         raise ValueError(f"unknown verdict(s) {bad}; use 'approve' or 'reject'")
+    if "exclude_status" not in df.columns:
+        df = mark_unusable(df)
     return df
+
+
+# Collapse limits on the evaluator's visual checks (trainables/metrics): a sample grid where
+# half the fakes are one flat colour, or whose within-class Inception spread is below 0.4 of
+# the real images' (2026-11 runs, 768-d features, N=200: collapsed or noise epochs 0.04-0.38,
+# varied ones 0.55-0.75), is never a champion.  At the smoke budget (48 fakes, 32 px) the
+# ratio runs low for every generator: the search passes a lower limit there.
+MAX_CONSTANT_FRAC = 0.5
+MIN_DIVERSITY = 0.4
+
+
+def mark_unusable(df: pd.DataFrame, max_constant_frac: float = MAX_CONSTANT_FRAC,
+                  min_diversity: float = MIN_DIVERSITY) -> pd.DataFrame:
+    """Columns `exclude_status`, `exclude_reason` from `unusable` (read by every policy)."""
+    df = df.copy()
+    marks = unusable(df, max_constant_frac, min_diversity)
+    df["exclude_status"] = [status for status, _ in marks]
+    df["exclude_reason"] = [reason for _, reason in marks]
+    return df
+
+
+def unusable(df: pd.DataFrame, max_constant_frac: float = MAX_CONSTANT_FRAC,
+             min_diversity: float = MIN_DIVERSITY) -> list[tuple[str, str]]:
+    """Per row, (status, reason) when no policy may select it, else ("", "").  A metric
+    that was not evaluated (NaN) excludes nothing here."""
+    def why(row) -> tuple[str, str]:
+        if str(row.get("run_status", "")) == "KILLED":
+            return "killed", ("not ranked: the driver was killed while this trial ran and the "
+                              "resumed search did not continue it (partial trial)")
+        constant, diversity = row.get("constant_frac"), row.get("diversity_ratio")
+        if pd.notna(constant) and constant >= max_constant_frac:
+            return "collapsed", (f"not ranked: near-constant samples (constant_frac="
+                                 f"{constant:.2f} >= {max_constant_frac})")
+        if pd.notna(diversity) and diversity < min_diversity:
+            return "collapsed", (f"not ranked: samples collapsed within a class "
+                                 f"(diversity_ratio={diversity:.2f} < {min_diversity})")
+        kept = row.get("kept")
+        if kept is not None and pd.notna(kept) and not bool(kept):
+            return "not_kept", ("not ranked: its generator weights were not kept (only the "
+                                "--keep-epochs best epochs by the objective keep them)")
+        return "", ""
+    return [why(row) for _, row in df.iterrows()]
 
 
 def apply_verdicts(table: pd.DataFrame, verdicts: pd.DataFrame | None) -> pd.DataFrame:
@@ -99,17 +146,23 @@ def verdicts_from_tags(trial_id: str, tags: Mapping[str, str]) -> pd.DataFrame:
 
 
 def _split(df: pd.DataFrame, needed: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(candidates, excluded-with-reasons); excluded = rejected or missing a needed metric."""
+    """(candidates, excluded-with-reasons); excluded = rejected, unusable (`unusable`) or
+    missing a needed metric."""
     rejected = df["verdict"] == "reject"
+    barred = (df["exclude_status"] != "") & ~rejected
     missing = df[list(needed)].isna()
-    not_eval = missing.any(axis=1) & ~rejected
-    ex = df[rejected | not_eval].copy()
-    ex["status"] = np.where(ex["verdict"] == "reject", "rejected", "not_evaluated")
+    not_eval = missing.any(axis=1) & ~rejected & ~barred
+    ex = df[rejected | barred | not_eval].copy()
+    ex["status"] = np.where(ex["verdict"] == "reject", "rejected",
+                            np.where(barred[ex.index], ex["exclude_status"], "not_evaluated"))
     ex["reason"] = [
-        "rejected by human verdict: never ranked" if r else
+        "rejected by human verdict: never ranked" if r else barred_reason if b else
         "not ranked: " + ", ".join(c for c in needed if m[c]) + " not evaluated at this epoch"
-        for r, (_, m) in zip(ex["verdict"] == "reject", missing.loc[ex.index].iterrows())]
-    return df[~(rejected | not_eval)].copy(), ex
+        for r, b, barred_reason, (_, m) in zip(ex["verdict"] == "reject", barred[ex.index],
+                                               ex["exclude_reason"],
+                                               missing.loc[ex.index].iterrows())]
+    keep = ~(rejected | barred | not_eval)
+    return df[keep].copy(), ex
 
 
 def _finish(ranked: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
@@ -118,6 +171,7 @@ def _finish(ranked: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
     ranked["rank"] = np.arange(1, len(ranked) + 1)
     excluded = excluded.sort_values(["status", "trial_id", "epoch"])  # not_evaluated, rejected
     out = pd.concat([ranked, excluded.assign(rank=pd.NA)], ignore_index=True)
+    out = out.drop(columns=["exclude_status", "exclude_reason"], errors="ignore")
     out["rank"] = out["rank"].astype("Int64")
     first = ["rank", "trial_id", "epoch", "status", "reason", "verdict"]
     return out[first + [c for c in out.columns if c not in first]]
@@ -233,12 +287,15 @@ def weighted(table: pd.DataFrame, *, weights: Mapping[str, float] | None = None,
 POLICIES = {"staged": staged, "pareto": pareto, "weighted": weighted}
 
 
-def rank(table: pd.DataFrame, policy: str, verdicts: pd.DataFrame | None = None,
+def rank(table: pd.DataFrame, policy: str, verdicts: pd.DataFrame | None = None, *,
+         max_constant_frac: float = MAX_CONSTANT_FRAC, min_diversity: float = MIN_DIVERSITY,
          **options) -> pd.DataFrame:
-    """Apply verdicts, then the named policy (`staged`, `pareto` or `weighted`)."""
+    """Apply verdicts and the collapse limits (`unusable`), then the named policy (`staged`,
+    `pareto` or `weighted`)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown ranking policy {policy!r}; choose one of {tuple(POLICIES)}")
-    return add_lineage(POLICIES[policy](apply_verdicts(table, verdicts), **options))
+    table = mark_unusable(apply_verdicts(table, verdicts), max_constant_frac, min_diversity)
+    return add_lineage(POLICIES[policy](table, **options))
 
 
 def add_lineage(table: pd.DataFrame) -> pd.DataFrame:

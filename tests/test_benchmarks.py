@@ -59,3 +59,17 @@ def test_gan_learns_prints_the_table_and_writes_grids(covid3_dir, tmp_path):
     assert "| dcgan | 1 |" in out and "real-vs-real floor" in out
     assert (tmp_path / "out" / "dcgan_first_grid.png").is_file()
     assert (tmp_path / "out" / "table.md").read_text().startswith("| family |")
+
+
+def test_checkpoint_disk_prints_bytes_per_trial(covid3_dir, tmp_path):
+    out = run("checkpoint_disk.py", "--epochs", "2", "--keep", "1", "--data", str(covid3_dir),
+              tmp_path=tmp_path)
+    assert "ratio kept/every" in out and "s0 at seed size" in out
+
+
+def test_augmentation_answer_quick_writes_the_paired_verdicts(radiography_dir, tmp_path):
+    out = run("augmentation_answer.py", "--quick", "--data", str(radiography_dir), "--out",
+              str(tmp_path / "answer"), tmp_path=tmp_path)
+    report = next((tmp_path / "answer").glob("*.md")).read_text()
+    assert "macro F1" in report and ("beats" in report or "no evidence" in report
+                                     or "worse" in report), out[-2000:]

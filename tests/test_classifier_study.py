@@ -86,6 +86,11 @@ def test_study_end_to_end_with_a_gan(covid3_dir, tmp_path):
     md = study_markdown(table)
     assert md.count("\n| ") == 7 and "gan_positional" in md
     assert (tmp_path / "study.md").read_text() == md
+    # every strategy against no rebalancing (5) and against positional oversampling (4 more)
+    paired = table.attrs["paired"]
+    assert len(paired) == 9 and set(paired["reference"]) == {"none", "oversample_positional"}
+    assert paired["verdict"].str.contains("macro-F1 points").all()
+    assert (tmp_path / "study_paired.csv").is_file()
 
 
 def test_gan_strategy_from_a_checkpoint_in_the_config(covid3_dir, tmp_path):

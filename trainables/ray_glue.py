@@ -15,6 +15,7 @@ Two execution paths run the *same* training loop (`trainables.gan.train_gan` or
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,16 +27,23 @@ import ray
 import ray.train
 import ray.train.torch
 from ray import tune
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.context import RunContext
-from trainables.trial import Placement, TrialSettings, run_trial
+from trainables.trial import KEEP_SCORE, Placement, TrialSettings, run_trial
+
+
+def _quiet_ray() -> None:
+    """Ray Train logs every persisted checkpoint and report at INFO, per worker and epoch:
+    noise in the driver's console (the search prints its own line per epoch)."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
 def trial(config: dict, settings: TrialSettings) -> None:
     """The Tune trainable: dispatches to the in-process or the Ray Train path."""
+    _quiet_ray()
     if settings.placement.execution == "train":
         _run_with_torch_trainer(config, settings)
     else:
@@ -95,9 +103,20 @@ def _run_with_torch_trainer(config: dict, settings: TrialSettings) -> None:
             storage_path=settings.storage,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=1),
+            checkpoint_config=CheckpointConfig(**checkpoints_kept(settings)),
         ),
     )
     trainer.fit()
+
+
+def checkpoints_kept(settings: TrialSettings) -> dict:
+    """`CheckpointConfig` arguments (Tune's and Train's) for bounded disk: the checkpoints
+    of the `keep_epochs` best epochs by the first objective (`keep_score`; epochs without it
+    go first), and always the latest one (Ray never deletes it: resume needs it).  The driver strips the full training state from all but the last
+    two (`orchestrator.store.writer`)."""
+    mode = settings.objectives[0][1] if settings.objectives else "max"
+    return dict(num_to_keep=settings.keep_epochs, checkpoint_score_attribute=KEEP_SCORE,
+                checkpoint_score_order=mode)
 
 
 def worker_resources(placement: Placement) -> dict:
@@ -118,6 +137,7 @@ def trial_resources(placement: Placement) -> dict:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: the same loop, under DDP, rank 0 writes checkpoints."""
+    _quiet_ray()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     run_dir = Path(tempfile.mkdtemp(prefix=f"cxr-worker{rank}-"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -55,6 +56,8 @@ class TrialSettings:
     data_fingerprint: str = ""
     classes: tuple = ()
     placement: Placement = field(default_factory=Placement)
+    objectives: tuple[tuple[str, str], ...] = ()  # ((metric, "min" | "max"), ...), first leads
+    keep_epochs: int = 5  # generator weights of this many best epochs are kept per trial
 
     @property
     def is_gan(self) -> bool:
@@ -71,7 +74,9 @@ class TrialSettings:
 
 
 def run_trial(config: dict, settings: TrialSettings, ctx: RunContext) -> list[dict]:
-    """Build the experiment's config from (settings, searched config) and train it."""
+    """Build the experiment's config from (settings, searched config) and train it; every
+    report carries the search scores (`SearchScores`)."""
+    ctx = with_search_scores(ctx, SearchScores.resume(settings.objectives, ctx.resume_dir))
     if settings.is_gan:
         return run_gan_trial(config, settings, ctx)
     return run_classifier_trial(config, settings, ctx)
@@ -123,3 +128,71 @@ def build_gan_evaluator(cfg: GANConfig, settings: TrialSettings, ctx: RunContext
     return GanEvaluator(val, metrics=metrics, latent_dim=cfg.latent_dim,
                         latent_dist=cfg.latent_dist, classes=classes, device=ctx.device,
                         seed=cfg.seed, real_train=train, **options)
+
+
+# ------------------------------------------------------------------------------ scores
+KEEP_SCORE = "keep_score"
+SCORES_FILE = "search_scores.json"
+
+
+def best_key(metric: str) -> str:
+    """The result key Tune, ASHA and Optuna read for an objective: its best value so far."""
+    return f"best_{metric}"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class SearchScores:
+    """The numbers Tune, ASHA and Optuna read, present in EVERY report of a trial (NaN until
+    the objective is first evaluated), so that an epoch without evaluation (`eval_every`, a
+    skipped metric, a diverged epoch) never lacks the search's metric:
+
+    - `best_<objective>`: the objectives' values at the trial's best epoch so far (best by
+      the first objective).  ASHA compares trials on it at its rungs, and Optuna is told the
+      last one: the trial's best epoch, not its last;
+    - `keep_score`: this epoch's first objective (NaN when not evaluated): Tune keeps the
+      checkpoints of the K best epochs by it.
+
+    Saved beside each checkpoint (`search_scores.json`) so a resumed trial keeps its best."""
+
+    objectives: tuple[tuple[str, str], ...]
+    best: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def resume(cls, objectives, resume_dir: Optional[Path]) -> "SearchScores":
+        path = Path(resume_dir) / SCORES_FILE if resume_dir is not None else None
+        best = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        return cls(tuple(tuple(o) for o in objectives), best)
+
+    def annotate(self, metrics: dict) -> dict:
+        """`metrics` with the search scores added (the best so far updated first)."""
+        if not self.objectives:
+            return dict(metrics)
+        lead, mode = self.objectives[0]
+        value = metrics.get(lead)
+        if _finite(value) and (lead not in self.best or
+                               (value < self.best[lead] if mode == "min" else value > self.best[lead])):
+            self.best = {name: float(metrics[name]) for name, _ in self.objectives
+                         if _finite(metrics.get(name))}
+        out = {**metrics, KEEP_SCORE: float(value) if _finite(value) else math.nan}
+        out.update({best_key(name): self.best.get(name, math.nan) for name, _ in self.objectives})
+        return out
+
+    def save(self, epoch_dir: Path) -> None:
+        (Path(epoch_dir) / SCORES_FILE).write_text(json.dumps(self.best))
+
+
+def with_search_scores(ctx: RunContext, scores: SearchScores) -> RunContext:
+    """A context whose reports carry the search scores (and save them with the checkpoint)."""
+    report = ctx.report
+
+    def report_with_scores(metrics: dict, epoch_dir: Optional[Path]) -> None:
+        metrics = scores.annotate(metrics)
+        if epoch_dir is not None:
+            scores.save(epoch_dir)
+        report(metrics, epoch_dir)
+
+    return dataclasses.replace(ctx, report=report_with_scores)

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective",
                    help="per-epoch metric to optimise, e.g. fid, kid, cas_acc; comma-separate "
                         "two or more for multi-objective Optuna (ASHA uses the first)")
+    p.add_argument("--keep-epochs", type=int, default=5, metavar="K",
+                   help="per trial, keep the generator weights of the K best epochs by the "
+                        "(first) objective, plus the last two full training states for resume "
+                        "(default 5); every epoch's metrics and grid are kept")
+    p.add_argument("--min-diversity", type=float, metavar="RATIO",
+                   help="never select an epoch whose within-class diversity ratio (fakes vs "
+                        "real) is below RATIO (default 0.4; 0.25 at the smoke budget)")
+    p.add_argument("--asha-grace", type=float, default=0.25, metavar="SHARE",
+                   help="ASHA stops no trial before this share of the epochs (default 0.25)")
     p.add_argument("--policy", choices=list(registry.POLICIES), default="staged",
                    help="epoch-ranking policy run at the end of the search")
     p.add_argument("--storage", default=DEFAULT_STORAGE,
@@ -71,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="search name (= MLflow experiment); default <exp>-<preset>-<time>")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted search --name (or the latest one)")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though the settings or the data's "
+                        "fingerprint differ from the first run's (the difference is recorded); "
+                        "classifier study: use a --generator trained on other data (recorded "
+                        "as a warning)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the trials")
@@ -84,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="evaluate every k epochs")
     p.add_argument("--strategies", default="all",
                    help="classifier study: comma-separated imbalance strategies or 'all'")
+    p.add_argument("--generator", metavar="MODEL",
+                   help="classifier study: the generator of the GAN strategies, "
+                        "models:/NAME@ALIAS or models:/NAME/VERSION; its classes and data "
+                        "fingerprint must be the study's (default: the champion trained on "
+                        "the study's data)")
+    p.add_argument("--gan-search", metavar="NAME",
+                   help="classifier study: use the generator the GAN search NAME registered")
+    p.add_argument("--minority", metavar="CLASS=SHARE",
+                   help="classifier study: make CLASS rare in the training split only, "
+                        "keeping SHARE of its training images (e.g. COVID-19=0.2; "
+                        "comma-separate several); validation and test images are untouched")
     p.add_argument("--tune", action="store_true",
                    help="classifier: search its hyper-parameters (lr, batch size, dropout, "
                         "strategy) with Tune instead of running the strategy study")
@@ -112,6 +137,9 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
         policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
         eval_every=args.eval_every, strategies=args.strategies, duplicates=args.duplicates, tune=args.tune,
         skip_bad=args.skip_bad, no_pretrained=args.no_pretrained,
+        keep_epochs=args.keep_epochs, asha_grace=args.asha_grace, force=args.force,
+        min_diversity=args.min_diversity, generator=args.generator,
+        gan_search=args.gan_search, minority=args.minority,
         overrides=tuple(args.overrides))
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():

@@ -1,12 +1,17 @@
-"""Checks and one-off work before Ray starts: the data are read, cached and fingerprinted
-once here, so every trial memory-maps the same cache and a bad data set fails in seconds."""
+"""Checks and one-off work before Ray or MLflow start: stores writable, the data read,
+cached and fingerprinted once (so every trial memory-maps the same cache), at least two
+classes.  Every failure is a ConfigError naming the thing and the fix, within seconds."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+from pathlib import Path
 
 from orchestrator.config import ConfigError
 from trainables.data import DataError
 from trainables.data.default import resolve_default
+from trainables.gan.families import FAMILIES
 from trainables.trial import TrialSettings, load_selection
 
 
@@ -25,5 +30,53 @@ def preflight_data(settings: TrialSettings) -> TrialSettings:
     except (DataError, FileNotFoundError, ValueError) as exc:
         hint = " (on the command line: --duplicates keep)" if "duplicates=" in str(exc) else ""
         raise ConfigError(f"data {data!r}: {exc}{hint}") from exc
-    return dataclasses.replace(settings, data_fingerprint=train.fingerprint,
-                               classes=tuple(train.classes))
+    settings = dataclasses.replace(settings, data_fingerprint=train.fingerprint,
+                                   classes=tuple(train.classes))
+    check_classes(settings)
+    return settings
+
+
+def check_storage(storage: str) -> None:
+    """A local --storage must be a folder this process can create and write (Tune's results,
+    the Optuna study); checked before Ray or MLflow start, nothing left behind."""
+    if "://" in storage:
+        # Remote stores are checked by their client when the first trial writes; the Optuna
+        # study then lives in ./ray_results, which must be writable here.
+        storage = "ray_results"
+    writable_folder(Path(storage), "--storage", "pass --storage PATH to a folder you can "
+                    "write, or s3://BUCKET/… on a cluster")
+
+
+def check_tracking_store(uri: str) -> None:
+    """A sqlite MLflow store: its folder creatable and writable and the file writable, before
+    MLflow is asked (it retries a read-only database for minutes)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    fix = "pass --mlflow-uri sqlite:///PATH/mlflow.db in a folder you can write"
+    writable_folder(db.parent, "--mlflow-uri", fix)
+    if db.exists() and not os.access(db, os.W_OK):
+        raise ConfigError(f"--mlflow-uri {uri!r}: {db} is read-only; {fix}")
+
+
+def writable_folder(folder: Path, flag: str, fix: str) -> None:
+    """Create `folder` if needed and prove it writable with a probe file (removed again)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cxr-write-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot write to {folder} ({exc.strerror or exc}); {fix}") from exc
+
+
+def check_classes(settings: TrialSettings) -> None:
+    """Two classes at least: a conditional GAN or a classifier learns nothing from one (it
+    would "train", and CAS would read 1.0).  A per-class family trains one class happily."""
+    if len(settings.classes) >= 2:
+        return
+    if settings.is_gan and FAMILIES[settings.experiment].per_class:
+        return
+    found = ", ".join(settings.classes) or "none"
+    raise ConfigError(f"data {settings.data!r} has {len(settings.classes)} class ({found}); "
+                      f"{settings.experiment} needs at least two. Point --data at a folder with "
+                      "one sub-folder per class (or use dcgan, which trains one class)")

@@ -20,7 +20,8 @@ def trial_settings(cfg: SearchConfig, storage: str) -> TrialSettings:
         experiment=cfg.experiment, data=cfg.data, search_name=cfg.name, storage=storage,
         base=base, seed=cfg.seed,
         data_options={"duplicates": cfg.duplicates, "skip_bad": cfg.skip_bad},
-        eval=eval_settings(cfg) if cfg.is_gan else {})
+        eval=eval_settings(cfg) if cfg.is_gan else {},
+        objectives=tuple(cfg.objectives()), keep_epochs=cfg.keep_epochs)
 
 
 def gan_base_config(cfg: SearchConfig) -> dict:
@@ -40,7 +41,7 @@ def gan_base_config(cfg: SearchConfig) -> dict:
         space = registry.experiment_space(cfg.experiment)
         for point in space.first_points(base, base.get("epochs", 100)):
             GANConfig.from_dict({**base, **space.to_config(point)})
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad trial configuration: {exc}") from exc
     return base
 
@@ -65,7 +66,7 @@ def classifier_base_config(cfg: SearchConfig) -> dict:
     base.update(parse_overrides(cfg.overrides))
     try:
         ClassifierConfig.from_dict(base)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad classifier configuration: {exc}") from exc
     return base
 

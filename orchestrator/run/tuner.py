@@ -3,6 +3,7 @@ random starts under PBT), the scheduler (ASHA, PBT or FIFO) and the Tuner itself
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import optuna
@@ -13,8 +14,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import registry
 from orchestrator.config import ConfigError, SearchConfig
-from trainables.ray_glue import trial, trial_resources
-from trainables.trial import TrialSettings
+from orchestrator.console import ConsoleCallback
+from trainables.ray_glue import checkpoints_kept, trial, trial_resources
+from trainables.trial import TrialSettings, best_key
 
 
 def make_trainable(settings: TrialSettings):
@@ -36,7 +38,7 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
             raise ConfigError(f"--resume: nothing to resume at {path}")
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
-    objectives = cfg.objectives()
+    objectives = [(best_key(name), mode) for name, mode in cfg.objectives()]
     metric, mode = objectives[0]
     space_module = registry.experiment_space(cfg.experiment)
     search_alg, param_space = searcher(cfg, space_module, settings, objectives, storage)
@@ -50,20 +52,20 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
         # gets the first objective instead).
         **({"metric": metric, "mode": mode} if len(objectives) == 1 else {}),
     )
+    console = ConsoleCallback(cfg.objectives()[0][0], mode, settings.epochs, cfg.num_samples)
     run_config = tune.RunConfig(
-        name=cfg.name, storage_path=storage, callbacks=[callback],
+        name=cfg.name, storage_path=storage, callbacks=[callback, console],
         failure_config=tune.FailureConfig(max_failures=2),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-        progress_reporter=tune.CLIReporter(
-            metric_columns=["epoch", metric, "g_loss", "d_loss"], max_report_frequency=30),
-        verbose=1,
+        checkpoint_config=tune.CheckpointConfig(**checkpoints_kept(settings)),
+        verbose=0,  # Ray's status tables off: `console` prints one line per trial epoch
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=run_config)
 
 
 def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objectives, storage):
-    """OptunaSearch (TPE or random sampler) over the define-by-run space; none under PBT."""
+    """OptunaSearch (TPE or random sampler) over the define-by-run space; none under PBT.
+    `objectives` are the result keys it reads (`best_<metric>`, with their modes)."""
     if cfg.scheduler == "pbt":
         # seeded random starting points, so a PBT search is reproducible like an Optuna one
         return BasicVariantGenerator(random_state=cfg.seed), pbt_mutations(space_module)
@@ -72,7 +74,7 @@ def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objective
     epochs = settings.epochs
     names = [m for m, _ in objectives]
     modes = [d for _, d in objectives]
-    search = OptunaSearch(
+    search = BestEpochOptunaSearch(
         space=functools.partial(space_module.space, max_epochs=epochs),
         metric=names[0] if len(names) == 1 else names,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -103,9 +105,45 @@ def scheduler(cfg: SearchConfig, metric: str, mode: str, epochs: int, space_modu
     if cfg.scheduler == "asha":
         extra = {"metric": metric, "mode": mode} if own_metric else {}
         return ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
-                             grace_period=1, reduction_factor=2, **extra)
+                             grace_period=asha_grace_period(cfg, epochs), reduction_factor=2,
+                             **extra)
     if cfg.scheduler == "pbt":
         return PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=max(1, epochs // 4),
             hyperparam_mutations=pbt_mutations(space_module))
     return FIFOScheduler()
+
+
+def asha_grace_period(cfg: SearchConfig, epochs: int) -> int:
+    """Epochs before ASHA may stop a trial: a share of the budget (a GAN's first epochs say
+    little about its last), at least one."""
+    return max(1, min(epochs, round(cfg.asha_grace * epochs)))
+
+
+def _nan_to_none(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+class BestEpochOptunaSearch(OptunaSearch):
+    """OptunaSearch that learns from every trial, whatever its end.
+
+    Its results carry `best_<metric>` (NaN until the objective is first evaluated; see
+    `trainables.trial.SearchScores`), so Optuna is told the trial's best epoch.  A trial that
+    never produced a value (diverged before its first evaluation, say) is told as PRUNED,
+    not COMPLETE with a made-up worst value: TPE ranks pruned trials without values below
+    every trial with one (`optuna.samplers._tpe.sampler._split_trials`), so it learns to
+    avoid that region without a fake number entering the study.  A trial that errored is
+    FAIL (the stock rule)."""
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if isinstance(self.metric, str) and _nan_to_none(result.get(self.metric)) is None:
+            return  # nothing evaluated yet: no intermediate value for Optuna
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result:
+            names = self.metric if isinstance(self.metric, list) else [self.metric]
+            values = [_nan_to_none(result.get(name)) for name in names]
+            if any(v is None for v in values):  # a partial point is not a result either
+                result = None
+        super().on_trial_complete(trial_id, result, error)

@@ -12,6 +12,8 @@ import pyarrow.fs as pafs
 from mlflow.tracking import MlflowClient
 
 ROLE, TRIAL_ID, PARENT = "cxr.role", "cxr.trial_id", "mlflow.parentRunId"
+# How a trial ended: finished | stopped_early (ASHA) | diverged (the guard) | failed | killed
+STATUS = "cxr.status"
 
 
 class StoreError(LookupError):
@@ -112,6 +114,16 @@ def code_version() -> str:
         return "unknown"
 
 
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's own source fields (the UI's Source and git columns) and ours with "+dirty"."""
+    version = code_version()
+    tags = {"cxr.code_version": version, "mlflow.source.name": entry_point,
+            "mlflow.source.type": "LOCAL"}
+    if version != "unknown":
+        tags["mlflow.source.git.commit"] = version.removesuffix("+dirty")
+    return tags
+
+
 def short(value: Any) -> str:
     """A param value MLflow accepts (it limits their length)."""
     text = str(value)
@@ -140,12 +152,32 @@ def log_as(client, run_id: str, path: Path, folder: str, name: str) -> None:
         client.log_artifact(run_id, str(target), artifact_path=folder)
 
 
-def read_checkpoint_file(path: str, name: str, filesystem=None) -> Optional[bytes]:
-    """Read one file of a checkpoint directory (local path or s3://, gs://) without copying all."""
+def _checkpoint_target(path: str, name: str, filesystem=None):
+    """(filesystem, path of `name` in the checkpoint folder `path`): local, s3://, gs://."""
     if filesystem is None:
         filesystem, path = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    target = f"{path.rstrip('/')}/{name}"
+    return filesystem, f"{path.rstrip('/')}/{name}"
+
+
+def read_checkpoint_file(path: str, name: str, filesystem=None) -> Optional[bytes]:
+    """Read one file of a checkpoint directory without copying all; None when absent."""
+    filesystem, target = _checkpoint_target(path, name, filesystem)
     if filesystem.get_file_info(target).type == pafs.FileType.NotFound:
         return None
     with filesystem.open_input_file(target) as handle:
         return handle.read()
+
+
+def checkpoint_has(path: str, name: str, filesystem=None) -> bool:
+    filesystem, target = _checkpoint_target(path, name, filesystem)
+    return filesystem.get_file_info(target).type != pafs.FileType.NotFound
+
+
+def remove_checkpoint_file(path: str, name: str, filesystem=None) -> bool:
+    """Delete one file of a checkpoint folder; False when it was not there (Ray may have
+    deleted the whole folder already)."""
+    filesystem, target = _checkpoint_target(path, name, filesystem)
+    if filesystem.get_file_info(target).type == pafs.FileType.NotFound:
+        return False
+    filesystem.delete_file(target)
+    return True

@@ -1,19 +1,23 @@
 """The model registry: the best generator of a search as `cxr-<family>-generator`, alias
-`champion`, and the way back from a registered name (or a trial run) to its generator.pt."""
+`champion`, and the way back from a registered name (or a trial run) to its generator.pt,
+its classes and the data it was trained on (`RegisteredGenerator`)."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Optional
 
 import mlflow
-import torch
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+import trainables
 from orchestrator import registry
-from orchestrator.store.layout import read_checkpoint_file
-from trainables.gan import load_generator
+from orchestrator.store.layout import PARENT, read_checkpoint_file, role_runs
+from trainables.gan import load_generator, mlflow_model
 
 CHAMPION = "champion"
 _LOGGED = "best_generator_epoch_{epoch:04d}"
@@ -24,7 +28,13 @@ def registered_model_name(experiment: str) -> str:
 
 
 def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optional[dict]:
-    """Log the best epoch's generator as an MLflow PyTorch model and alias it `champion`."""
+    """Log the best epoch's generator and register it as `cxr-<family>-generator`, alias
+    `champion`; returns {"name", "version", "alias"} (None without a generator.pt).
+
+    The run gets `best_generator_epoch_XXXX/generator.pt` (what `generator_artifact` reads).
+    The registered model is an MLflow pyfunc "model from code" (`trainables.gan.mlflow_model`,
+    with generator.pt as its artifact and the `trainables` package as its code), so loading
+    it unpickles nothing: `mlflow.pyfunc.load_model("models:/NAME@champion").predict(df)`."""
     blob = read_checkpoint_file(checkpoint, "generator.pt")
     if blob is None:
         print(f"warning: {checkpoint}/generator.pt not found; best generator not registered")
@@ -37,20 +47,52 @@ def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optiona
         mlflow.set_tracking_uri(cfg.mlflow_uri)  # the fluent API below uses the global URI
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(local), artifact_path=_LOGGED.format(epoch=epoch))
-            info = mlflow.pytorch.log_model(
-                # "pickle": the generator's forward takes (z, labels) and routes per class
-                # (per-class DCGAN), which a traced pt2 graph would freeze.
-                generator, name="generator", registered_model_name=name,
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            info = mlflow.pyfunc.log_model(
+                name="generator", python_model=mlflow_model.__file__,
+                artifacts={mlflow_model.ARTIFACT: str(local)},
+                # The code it was trained with rebuilds the generator wherever it is loaded.
+                code_paths=[str(Path(trainables.__file__).parent)],
+                signature=mlflow_model.signature(gan_cfg.resolution, gan_cfg.channels),
+                input_example=_input_example(generator, classes),
+                registered_model_name=name, pip_requirements=_pip_requirements(),
+                # the registry shows the metrics logged at this step: the chosen epoch's
+                step=epoch)
     client = MlflowClient(cfg.mlflow_uri)
     version = info.registered_model_version
     client.set_registered_model_alias(name, CHAMPION, version)
     for key, value in {"search": cfg.name, "epoch": str(epoch), "classes": ",".join(classes),
                        "latent_dim": str(gan_cfg.latent_dim), "family": gan_cfg.family,
-                       "source_run_id": run_id}.items():
+                       "source_run_id": run_id, **_data_tags(client, run_id)}.items():
         client.set_model_version_tag(name, version, key, value)
     return {"name": name, "version": str(version), "alias": CHAMPION}
+
+
+def _data_tags(client, run_id: str) -> dict[str, str]:
+    """`data_fingerprint` and `data` of the search whose trial `run_id` is (its parent run),
+    so that a study can tell whether the generator was trained on the study's images."""
+    parent_id = client.get_run(run_id).data.tags.get(PARENT)
+    if not parent_id:
+        return {}
+    parent = client.get_run(parent_id).data
+    found = {"data_fingerprint": parent.tags.get("cxr.data_fingerprint"),
+             "data": parent.params.get("data")}
+    return {key: value for key, value in found.items() if value}
+
+
+def _input_example(generator, classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row MLflow checks the model with at logging and shows in its UI; a class this
+    generator makes (a per-class DCGAN may make only some)."""
+    first = getattr(generator, "class_indices", (0,))[0]
+    return pd.DataFrame({"label": [classes[first]], "seed": [0]})
+
+
+def _pip_requirements() -> list[str]:
+    """What loading `trainables.gan.mlflow_model` imports (MLflow adds itself), pinned to
+    this environment.  Explicit: MLflow would otherwise infer them by loading the model in
+    a subprocess, slowly, from whatever that import happens to pull in."""
+    # A local tag such as torch's "+cu130" is not on PyPI.
+    return [f"{dist}=={dist_version(dist).split('+')[0]}"
+            for dist in ("torch", "numpy", "pandas", "pillow")]
 
 
 def generator_artifact(spec: str, tracking_uri: str, dst: Optional[str] = None) -> Path:
@@ -89,9 +131,62 @@ def _model_version(client, text: str):
     return client.get_model_version_by_alias(text, CHAMPION)
 
 
-def champion_checkpoint(tracking_uri: str) -> Optional[tuple[str, Path]]:
-    """(model version description, local generator.pt) of the newest champion of any GAN
-    family, or None."""
+@dataclass(frozen=True)
+class RegisteredGenerator:
+    """One registered generator version: where it came from, what it makes, what it saw."""
+
+    name: str
+    version: str
+    epoch: int
+    search: str
+    source_run_id: str
+    data_fingerprint: Optional[str]  # the search's `cxr.data_fingerprint`; None if unknown
+    classes: tuple[str, ...]
+    resolution: int
+    channels: int
+    path: Path  # generator.pt, downloaded
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def tags(self) -> dict[str, str]:
+        """What a study records about the generator that fed its GAN strategies."""
+        return {"cxr.generator": self.uri, "cxr.generator_epoch": str(self.epoch),
+                "cxr.generator_search": self.search,
+                "cxr.generator_run_id": self.source_run_id,
+                "cxr.generator_data_fingerprint": self.data_fingerprint or "unknown"}
+
+
+def find_generator(spec: str, tracking_uri: str) -> RegisteredGenerator:
+    """The version `spec` names: `NAME` (alias champion), `NAME@ALIAS`, `NAME/VERSION`, or
+    `models:/…` of those.  LookupError when there is no such version."""
+    client = MlflowClient(tracking_uri)
+    text = spec[len("models:/"):] if spec.startswith("models:/") else spec
+    try:
+        version = _model_version(client, text)
+    except MlflowException as exc:
+        raise LookupError(f"--generator {spec!r}: not found in MLflow at {tracking_uri} "
+                          f"({str(exc).splitlines()[0]})") from exc
+    return _record(client, version, tracking_uri)
+
+
+def search_generator(search: str, tracking_uri: str) -> RegisteredGenerator:
+    """The generator search `search` registered (its newest version, whichever family);
+    LookupError when it registered none."""
+    client = MlflowClient(tracking_uri)
+    versions = [v for family in registry.GAN_EXPERIMENTS
+                for v in client.search_model_versions(f"name = '{registered_model_name(family)}'")
+                if v.tags.get("search") == search]
+    if not versions:
+        raise LookupError(f"search {search!r} registered no generator in MLflow at "
+                          f"{tracking_uri} (not finished, or every epoch was rejected; see its "
+                          "summary)")
+    return _record(client, max(versions, key=lambda v: v.creation_timestamp), tracking_uri)
+
+
+def champions(tracking_uri: str) -> list[RegisteredGenerator]:
+    """The `champion` of every GAN family that has one, newest first."""
     client = MlflowClient(tracking_uri)
     found = []
     for family in registry.GAN_EXPERIMENTS:
@@ -99,8 +194,24 @@ def champion_checkpoint(tracking_uri: str) -> Optional[tuple[str, Path]]:
             found.append(client.get_model_version_by_alias(registered_model_name(family), CHAMPION))
         except MlflowException:
             continue
-    if not found:
-        return None
-    version = max(found, key=lambda v: v.creation_timestamp)
-    spec = f"{version.name}@{CHAMPION}"
-    return f"models:/{spec} (v{version.version})", generator_artifact(spec, tracking_uri)
+    found.sort(key=lambda v: v.creation_timestamp, reverse=True)
+    return [_record(client, version, tracking_uri) for version in found]
+
+
+def _record(client, version, tracking_uri: str) -> RegisteredGenerator:
+    path = generator_artifact(f"{version.name}/{version.version}", tracking_uri)
+    _, gan_cfg, classes = load_generator(path)
+    search = version.tags.get("search", "")
+    return RegisteredGenerator(
+        name=version.name, version=str(version.version), epoch=int(version.tags["epoch"]),
+        search=search, source_run_id=version.tags["source_run_id"],
+        data_fingerprint=version.tags.get("data_fingerprint") or _search_fingerprint(client, search),
+        classes=tuple(classes), resolution=gan_cfg.resolution, channels=gan_cfg.channels,
+        path=path)
+
+
+def _search_fingerprint(client, search: str) -> Optional[str]:
+    """A version registered before versions carried `data_fingerprint`: its search's."""
+    experiment = client.get_experiment_by_name(search) if search else None
+    runs = role_runs(client, "search", [experiment.experiment_id], 1) if experiment else []
+    return runs[0].data.tags.get("cxr.data_fingerprint") if runs else None

@@ -79,7 +79,7 @@ def load_search(name: str, tracking_uri: str = DEFAULT_MLFLOW_URI) -> SearchReco
 def load_epoch_table(search: "SearchRecord | str",
                      tracking_uri: str = DEFAULT_MLFLOW_URI) -> pd.DataFrame:
     """One row per (trial_id, epoch) with every metric logged at that step, plus `run_id`,
-    `checkpoint` (from `ckpt.epoch_NNNN` tags), `resumed_from` (PBT, `lineage.epoch_NNNN`)
+    `run_status` (the trial run's MLflow status), `checkpoint` (from `ckpt.epoch_NNNN` tags), `resumed_from` (PBT, `lineage.epoch_NNNN`)
     and `verdict` (from `verdict.epoch_NNNN` tags); trial_id as str, epoch as int.  A search
     that has not reported an epoch yet gives an empty table."""
     record = search if isinstance(search, SearchRecord) else load_search(search, tracking_uri)
@@ -87,20 +87,21 @@ def load_epoch_table(search: "SearchRecord | str",
     rows: dict[tuple[str, int], dict] = {}
     verdicts = []
 
-    def row(trial: str, epoch: int, run_id: str) -> dict:
+    def row(trial: str, epoch: int, run) -> dict:
         return rows.setdefault((trial, epoch), {"trial_id": trial, "epoch": epoch,
-                                                "run_id": run_id})
+                                                "run_id": run.info.run_id,
+                                                "run_status": run.info.status})
 
     for trial, run in record.trials.items():
         run_id = run.info.run_id
         for key in run.data.metrics:
             for m in client.get_metric_history(run_id, key):
-                row(trial, int(m.step), run_id)[key] = m.value  # logging order: last wins
+                row(trial, int(m.step), run)[key] = m.value  # logging order: last wins
         for key, value in run.data.tags.items():
             if key.startswith("ckpt.epoch_"):
-                row(trial, tag_epoch(key), run_id)["checkpoint"] = value
+                row(trial, tag_epoch(key), run)["checkpoint"] = value
             elif key.startswith("lineage.epoch_"):
-                row(trial, tag_epoch(key), run_id)["resumed_from"] = value
+                row(trial, tag_epoch(key), run)["resumed_from"] = value
         verdicts.append(ranking.verdicts_from_tags(trial, run.data.tags))
     if not rows:
         return pd.DataFrame({"trial_id": pd.Series(dtype=str), "epoch": pd.Series(dtype=int),
@@ -244,11 +245,13 @@ class StudyArtifacts:
     confusion: tuple[Path, ...]
     gradcam: tuple[Path, ...]
     missing: tuple[str, ...]
+    paired: Optional[pd.DataFrame] = None  # strategy vs reference: differences, CIs, verdicts
 
 
 def load_study(name: str, tracking_uri: str, dst: str | Path,
                missing_ok: bool = False) -> StudyArtifacts:
-    """Download a study's `study/table.{csv,md}`, `confusion/*.png`, `gradcam/*.png` to dst.
+    """Download a study's `study/table.{csv,md}`, `study/paired.csv`, `confusion/*.png`,
+    `gradcam/*.png` to dst.
 
     missing_ok: with no study in the store, return an empty record whose `missing` says so
     (for notebooks) instead of raising StoreError.
@@ -274,6 +277,11 @@ def load_study(name: str, tracking_uri: str, dst: str | Path,
         table_md = _download(client, run_id, "study/table.md", dst).read_text()
     else:
         missing.append("study/table.md")
+    paired = None
+    if "study/paired.csv" in study_files:
+        paired = pd.read_csv(_download(client, run_id, "study/paired.csv", dst))
+    else:
+        missing.append("study/paired.csv (the paired differences and verdicts)")
     found = {}
     for folder in ("confusion", "gradcam"):
         pngs = [p for p in _artifact_paths(client, run_id, folder) if p.endswith(".png")]
@@ -281,4 +289,5 @@ def load_study(name: str, tracking_uri: str, dst: str | Path,
         if not pngs:
             missing.append(f"{folder}/*.png")
     return StudyArtifacts(name, run_id, table, table_md, found["confusion"], found["gradcam"],
-                          tuple(f"study {name!r} (run {run_id}) has no {m}" for m in missing))
+                          tuple(f"study {name!r} (run {run_id}) has no {m}" for m in missing),
+                          paired)

@@ -10,13 +10,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from ray.tune import Callback
 
-from orchestrator.store.layout import (PARENT, ROLE, TRIAL_ID, epoch_tag, experiment_id,
-                                       flatten, grid_artifact, log_as, log_params,
-                                       read_checkpoint_file, short, trial_runs)
+from orchestrator.store.layout import (PARENT, ROLE, STATUS, TRIAL_ID, epoch_tag,
+                                       experiment_id, flatten, grid_artifact, log_as,
+                                       log_params, read_checkpoint_file,
+                                       remove_checkpoint_file, short, trial_runs)
+from trainables.classifier.config import GAN_STRATEGIES
+
+# The image key of the per-epoch sample grids (MLflow's image slider, one step per epoch).
+GRID_IMAGE_KEY = "grid"
+
+# Full training states (G, D, optimisers: ~380 MB an epoch at S0's size) kept per trial, for
+# resume; older checkpoints keep only generator.pt, the grid and the scores.
+FULL_STATES_KEPT = 2
+STATE_FILE = "state.pt"
 
 # Numeric result keys that are Tune bookkeeping, not metrics of the experiment.
 _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
@@ -46,10 +58,14 @@ def _numbers(values: dict) -> dict[str, float]:
 class MlflowSearchCallback(Callback):
     """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths."""
 
-    def __init__(self, tracking_uri: str, search_name: str, parent_run_id: str):
+    def __init__(self, tracking_uri: str, search_name: str, parent_run_id: str,
+                 epochs: int | None = None):
         self.tracking_uri = tracking_uri
         self.search_name = search_name
         self.parent_run_id = parent_run_id
+        self.epochs = epochs  # a trial's budget: a complete trial short of it stopped early
+        self._diverged: set[str] = set()
+        self._stripped: set[tuple[str, int]] = set()
         self._client = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
@@ -106,6 +122,9 @@ class MlflowSearchCallback(Callback):
         self._log_metrics(run_id, result, epoch)
         if isinstance(result.get("stop_reason"), str) and result["stop_reason"]:
             self.client.set_tag(run_id, "stop_reason", result["stop_reason"])
+        if result.get("diverged") == 1.0:
+            self._diverged.add(trial.trial_id)
+            self.client.set_tag(run_id, STATUS, "diverged")
         if isinstance(result.get("eval_protocol"), str):
             self._log_protocol(run_id, result["eval_protocol"])
         if result.get("checkpoint_path"):  # Ray Train path: the checkpoint is in Train storage
@@ -118,11 +137,22 @@ class MlflowSearchCallback(Callback):
             self._record_checkpoint(trial, run_id, epoch, checkpoint.path, checkpoint.filesystem)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.client.set_terminated(self.run_for(trial), "FINISHED")
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, STATUS, self._ending(trial))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _ending(self, trial) -> str:
+        if trial.trial_id in self._diverged or (trial.last_result or {}).get("diverged") == 1.0:
+            return "diverged"
+        last = (trial.last_result or {}).get("epoch")
+        if self.epochs is not None and last is not None and last + 1 < self.epochs:
+            return "stopped_early"
+        return "finished"
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
         self.client.set_tag(run_id, "error", short(getattr(trial, "error_file", "") or "failed"))
+        self.client.set_tag(run_id, STATUS, "failed")
         self.client.set_terminated(run_id, "FAILED")
 
     def _log_protocol(self, run_id: str, text: str) -> None:
@@ -148,34 +178,53 @@ class MlflowSearchCallback(Callback):
             return
         self.checkpoints[(trial.trial_id, epoch)] = path
         self.client.set_tag(run_id, epoch_tag("ckpt", epoch), path)
+        self._strip_old_states(trial.trial_id, filesystem)
         grid = read_checkpoint_file(path, "grid.png", filesystem)
         if grid is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 local = Path(tmp) / Path(grid_artifact(epoch)).name
                 local.write_bytes(grid)
                 self.client.log_artifact(run_id, str(local), artifact_path="grids")
+                # ... and as an image series: the UI's image slider walks the epochs
+                with Image.open(local) as image:
+                    self.client.log_image(run_id, image.convert("RGB"), key=GRID_IMAGE_KEY,
+                                          step=epoch)
+
+
+    def _strip_old_states(self, trial_id: str, filesystem) -> None:
+        """Keep the full training state only in the trial's last FULL_STATES_KEPT checkpoints
+        (resume reads the latest); Tune keeps the best epochs' folders for their generator."""
+        epochs = sorted(e for t, e in self.checkpoints if t == trial_id)
+        for epoch in epochs[:-FULL_STATES_KEPT]:
+            if (trial_id, epoch) not in self._stripped:
+                remove_checkpoint_file(self.checkpoints[(trial_id, epoch)], STATE_FILE, filesystem)
+                self._stripped.add((trial_id, epoch))
 
 
 # ------------------------------------------------------------------------------ study
-def study_run_logger(client, search_name: str, parent: str):
-    """A `run_study` callback: one MLflow run per (strategy, seed) as it finishes."""
+def study_run_logger(client, search_name: str, parent: str,
+                     generator_tags: dict[str, str] | None = None):
+    """A `run_study` callback: one MLflow run per (strategy, seed) as it finishes; the runs
+    of the GAN strategies carry ``generator_tags`` (which generator version and epoch)."""
     experiment = client.get_experiment_by_name(search_name).experiment_id
 
     def callback(kind: str, payload: dict) -> None:
         if kind == "run":
-            _log_study_run(client, experiment, parent, payload)
+            _log_study_run(client, experiment, parent, payload, generator_tags or {})
 
     return callback
 
 
-def _log_study_run(client, experiment: str, parent: str, payload: dict) -> None:
+def _log_study_run(client, experiment: str, parent: str, payload: dict,
+                   generator_tags: dict[str, str]) -> None:
     row, config = payload["metrics"], payload["config"]
     label = f"{config['strategy']}-seed{config['seed']}"
     run = client.create_run(experiment, run_name=label, tags={
         ROLE: "study_run", PARENT: parent, "strategy": config["strategy"],
         # what the model really started from, not the flag: a custom CNN never loads
         # ImageNet weights
-        "pretrained": str(bool(row.get("pretrained")))})
+        "pretrained": str(bool(row.get("pretrained"))),
+        **(generator_tags if config["strategy"] in GAN_STRATEGIES else {})})
     run_id = run.info.run_id
     log_params(client, run_id, flatten("", config))
     for epoch, history in enumerate(payload["history"]):
@@ -193,11 +242,30 @@ def _log_study_run(client, experiment: str, parent: str, payload: dict) -> None:
     client.set_terminated(run_id, "FINISHED")
 
 
-def log_study_table(client, parent: str, run_dir: Path, markdown: str, best_strategy: str) -> None:
-    """The study's table (Markdown, CSV, per-run CSV) on its parent run, which then ends."""
+def log_study_table(client, parent: str, run_dir: Path, markdown: str, best_strategy: str,
+                    paired: pd.DataFrame | None = None) -> None:
+    """The study's table (Markdown, CSV, per-run CSV) and its paired differences
+    (`study/paired.{csv,md}`, and per pair the metrics `<strategy>_vs_<reference>/<name>`)
+    on its parent run, which then ends."""
     for name, logged in (("study.md", "table.md"), ("study.csv", "table.csv"),
-                         ("study_runs.csv", "runs.csv")):
-        log_as(client, parent, run_dir / name, "study", logged)
-    client.set_tag(parent, "mlflow.note.content", markdown)
+                         ("study_runs.csv", "runs.csv"), ("study_paired.csv", "paired.csv"),
+                         ("study_paired.md", "paired.md")):
+        if (run_dir / name).exists():
+            log_as(client, parent, run_dir / name, "study", logged)
+    note = markdown
+    if paired is not None and len(paired):
+        _log_paired_metrics(client, parent, paired)
+        note += "\n" + "\n".join(f"- {v}" for v in paired["verdict"]) + "\n"
+    client.set_tag(parent, "mlflow.note.content", note)
     client.set_tag(parent, "cxr.best_strategy", best_strategy)
     client.set_terminated(parent, "FINISHED")
+
+
+def _log_paired_metrics(client, parent: str, paired: pd.DataFrame) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{row['strategy']}_vs_{row['reference']}/{key}", value, now, 0)
+               for row in paired.to_dict("records")
+               for key, value in _numbers(row).items()
+               if key not in ("seeds", "n_test") and value == value]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
+        client.log_batch(parent, metrics=metrics[start:start + 1000])

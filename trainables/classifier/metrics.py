@@ -1,4 +1,5 @@
-"""Classification metrics as pure functions of (y_true, y_pred), plus bootstrap CIs."""
+"""Classification metrics as pure functions of (y_true, y_pred), plus bootstrap CIs and the
+paired comparison of two sets of models on the same test images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.stats import binom
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
 from trainables.figures import save as save_figure
@@ -97,6 +99,56 @@ def bootstrap_ci(y_true: np.ndarray, y_preds: np.ndarray,
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return point, float(low), float(high)
+
+
+def paired_bootstrap(y_true: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray,
+                     metric: Callable[[np.ndarray, np.ndarray], float], *, n_boot: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(difference, low, high): seed-averaged ``metric`` of a minus that of b, with a
+    percentile CI from a two-way (seeds x test images) paired bootstrap.
+
+    preds_a, preds_b: (S, N) or (N,); row s of a and row s of b are models trained with the
+    same seed, all predicting the same N images.  Seeds and images are crossed, and both are
+    random (another training run, another test sample), so every replicate draws N images
+    *and* S seeds with replacement, the same draws for a and b: what the two share (hard
+    images, a lucky seed) cancels, and the interval still covers both sources of variation
+    (conservative by the small interaction term the crossed bootstrap counts twice).  With
+    S = 1 it is the ordinary paired bootstrap over images.
+    """
+    y_true = np.asarray(y_true)
+    a, b = np.atleast_2d(np.asarray(preds_a)), np.atleast_2d(np.asarray(preds_b))
+    if a.shape != b.shape or a.shape[1] != y_true.shape[0]:
+        raise ValueError(f"paired_bootstrap: predictions {a.shape} and {b.shape} for "
+                         f"{y_true.shape[0]} labels; both must be (seeds, labels)")
+    point = float(np.mean([metric(y_true, p) - metric(y_true, q) for p, q in zip(a, b)]))
+    if n_boot == 0:
+        return point, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    (s, n), stats = a.shape, np.empty(n_boot)
+    for k in range(n_boot):
+        idx, seeds = rng.integers(0, n, n), rng.integers(0, s, s)
+        y = y_true[idx]
+        stats[k] = np.mean([metric(y, a[j, idx]) - metric(y, b[j, idx]) for j in seeds])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return point, float(low), float(high)
+
+
+def mcnemar(y_true: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray
+            ) -> tuple[int, int, float]:
+    """(a_only, b_only, p): predictions only a gets right, only b gets right, and the exact
+    two-sided McNemar p-value (binomial test of a_only against b_only at 1/2).
+
+    (S, N) predictions are pooled over seeds: the S predictions of one image count as S
+    independent pairs, which they are not, so with S > 1 p is smaller than it should be;
+    read it beside the bootstrap interval, not instead of it."""
+    y_true = np.asarray(y_true)
+    right_a = np.atleast_2d(np.asarray(preds_a)) == y_true
+    right_b = np.atleast_2d(np.asarray(preds_b)) == y_true
+    a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    discordant = a_only + b_only
+    p = min(1.0, 2 * float(binom.cdf(min(a_only, b_only), discordant, 0.5))) if discordant else 1.0
+    return a_only, b_only, p
 
 
 def save_confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,

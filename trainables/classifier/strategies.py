@@ -108,6 +108,22 @@ def build_train_set(images: np.ndarray, labels: np.ndarray, num_classes: int, st
     return TrainSet(all_images, all_labels, augment, synthetic)
 
 
+def keep_share(labels: np.ndarray, shares: dict[int, float], seed: int = 0) -> np.ndarray:
+    """Rows to keep so that class c keeps round(shares[c] x its count) of its rows, at least
+    one (a seeded draw: the same rows on every call); classes not in ``shares`` keep all.
+    This is how the study makes a class rare (`--minority`)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(labels), dtype=bool)
+    for c, share in sorted(shares.items()):
+        rows = np.flatnonzero(labels == c)
+        if not 0 < share <= 1:
+            raise ValueError(f"keep_share: share {share} of class {c} must be in (0, 1]")
+        dropped = rng.permutation(rows)[max(1, round(share * len(rows))):]
+        keep[dropped] = False
+    return keep
+
+
 def _checked(fake: np.ndarray, n: int, shape: tuple, c: int) -> np.ndarray:
     fake = np.asarray(fake)
     if fake.dtype != np.uint8 or fake.shape != (n, *shape):

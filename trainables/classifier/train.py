@@ -2,6 +2,8 @@
 
 Selection (early stopping, the best epoch) uses the validation split only; the test split
 is read by `evaluate_final`, once per final model, and by nothing else here.
+Checkpoints (checkpoint/state.pt, best.pt) hold only tensors and plain Python types, so
+both load with `torch.load(weights_only=True)`, which refuses pickled objects (code).
 """
 from __future__ import annotations
 
@@ -164,10 +166,10 @@ def train_classifier(cfg: ClassifierConfig | dict, ctx: RunContext, *,
     state = {"epoch": 0, "best_val_loss": float("inf"), "bad_epochs": 0, "history": []}
     if ctx.resume_dir is not None:
         ck = torch.load(Path(ctx.resume_dir) / STATE_FILE, map_location=ctx.device,
-                        weights_only=False)
+                        weights_only=True)
         _unwrap(model).load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
+        gen.set_state(ck["generator"].cpu())  # map_location moved it; the sampler is on the CPU
         state = {key: ck[key] for key in state}
     fixed = {"strategy": cfg.strategy, "model": cfg.model, "pretrained": uses_imagenet(cfg),
              "n_train": len(ts), "n_synthetic": int(ts.synthetic.sum())}
@@ -216,7 +218,7 @@ def load_best(run_dir: str | Path, device: str | torch.device = "cpu"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train_classifier writes it after the first "
                                 "epoch; train first (or point at the run's directory)")
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = torch.load(path, map_location=device, weights_only=True)
     cfg = ClassifierConfig.from_dict(ck["config"])
     # The weights come from best.pt, so no ImageNet file is needed to rebuild the model.
     model = build_classifier(cfg.model, len(ck["classes"]), in_channels=cfg.channels,

@@ -163,8 +163,7 @@ def _record_skipped(manifest: Manifest, split: str, skipped: list[tuple[str, str
     write_atomic(path, both.to_csv(index=False).encode())
     msg = (f"skip_bad=True: skipped {len(skipped)} unreadable image(s) of the {split!r} split "
            f"(listed in {path}): " + ", ".join(p for p, _ in skipped[:5]))
-    print(msg)
-    log.warning(msg)
+    print(msg)  # once: a log.warning beside it repeated it on stderr
 
 
 def to_tensor(images_uint8_batch: np.ndarray | torch.Tensor,

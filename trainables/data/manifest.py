@@ -181,8 +181,7 @@ def drop_duplicate_copies(frame: pd.DataFrame, source) -> tuple[pd.DataFrame, pd
     msg = (f"{source}: dropped {len(dropped)} byte-identical copies ({len(groups)} files in "
            f"{groups['content_hash'].nunique()} groups); kept one file each, listed in "
            "duplicates.csv beside the manifest (--duplicates keep loads them all)")
-    print(msg)
-    log.warning(msg)
+    print(msg)  # once: a log.warning beside it repeated it on stderr
     return frame.drop(index=drop), dropped
 
 

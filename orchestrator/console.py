@@ -1,0 +1,123 @@
+"""What a search prints while it runs: one line per trial epoch (epoch/max, the objective and
+its best so far, g_loss, d_fake_acc), one line when a trial ends (finished, stopped by ASHA,
+diverged with the reason, failed), and a progress line for the whole search with an ETA and
+the best so far.  Ray's own status tables are switched off (`RunConfig(verbose=0)`, Ray's
+supported way to silence them in 2.60; a passed `ProgressReporter` is ignored while its new
+output engine is on).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+from ray.tune import Callback
+
+# Shown after the objective when a trial reports them (GAN; the classifier has none).
+EXTRA_KEYS = ("g_loss", "d_fake_acc")
+
+
+def _number(value) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _fmt(value) -> str:
+    number = _number(value)
+    return "-" if number is None else f"{number:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ConsoleCallback(Callback):
+    """Compact console for a search of `num_samples` trials x `epochs` epochs."""
+
+    def __init__(self, objective: str, mode: str, epochs: int, num_samples: int,
+                 out: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
+                 progress_every_s: float = 20.0):
+        self.objective, self.mode = objective, mode
+        self.epochs, self.num_samples = max(epochs, 1), num_samples
+        self.out = out
+        self.clock = clock
+        self.progress_every_s = progress_every_s
+        self.start = clock()
+        self.done_at_start = 0  # epochs already run when this process started (resume)
+        self.last_progress = -math.inf
+        self.epochs_done: dict[str, int] = {}
+        self.ended: dict[str, str] = {}
+        self.best: Optional[tuple[float, str, int]] = None  # (value, trial, epoch)
+
+    # Tune pickles callbacks with its experiment state: the stream is not picklable.
+    def __getstate__(self):
+        return {**self.__dict__, "out": None, "clock": None}
+
+    def __setstate__(self, state):
+        """A resumed search: a new clock, and the ETA from the epochs run in this process."""
+        self.__dict__.update(state, clock=time.monotonic)
+        self.start, self.last_progress = time.monotonic(), -math.inf
+        self.done_at_start = self._done()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out or sys.stdout, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", result.get("training_iteration", 1) - 1))
+        self.epochs_done[trial.trial_id] = epoch + 1
+        value = _number(result.get(self.objective))
+        if value is not None and (self.best is None or
+                                  (value < self.best[0] if self.mode == "min" else value > self.best[0])):
+            self.best = (value, trial.trial_id, epoch)
+        extras = "  ".join(f"{k} {_fmt(result[k])}" for k in EXTRA_KEYS if k in result)
+        self._print(f"trial {trial.trial_id}  epoch {epoch + 1}/{self.epochs}  {self.objective} "
+                    f"{_fmt(result.get(self.objective))} (best {_fmt(result.get('best_' + self.objective))})"
+                    f"  {extras}".rstrip())
+        if self.clock() - self.last_progress >= self.progress_every_s:
+            self._print(self.progress())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, self._ending(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        where = getattr(trial, "error_file", None) or "its MLflow run's `error` tag"
+        self._ended(trial, f"failed after its retries (traceback: {where})")
+
+    def _ending(self, trial) -> str:
+        last = trial.last_result or {}
+        if last.get("diverged") == 1.0:
+            return f"diverged: {last.get('stop_reason', '')}".rstrip(": ")
+        done = self.epochs_done.get(trial.trial_id, 0)
+        return "finished" if done >= self.epochs else f"stopped by the scheduler at epoch {done}"
+
+    def _ended(self, trial, how: str) -> None:
+        self.ended[trial.trial_id] = how
+        self._print(f"trial {trial.trial_id} {how}")
+        self._print(self.progress())
+
+    def progress(self) -> str:
+        """`[#####-----] 12/40 epochs, 1/4 trials ended, 2m10s, ETA 6m30s; best fid 3.1 (trial
+        t, epoch 2)`.  The ETA assumes the remaining trials run the full budget (ASHA stops
+        make it shorter)."""
+        total = self.num_samples * self.epochs
+        done = self._done()
+        self.last_progress = self.clock()
+        elapsed = self.last_progress - self.start
+        ran = done - self.done_at_start
+        eta = elapsed / ran * (total - done) if ran > 0 else math.nan
+        bar = "#" * round(20 * done / total) + "-" * (20 - round(20 * done / total))
+        best = (f"; best {self.objective} {self.best[0]:.4g} (trial {self.best[1]}, epoch "
+                f"{self.best[2]})" if self.best else "")
+        return (f"[{bar}] {done}/{total} epochs, {len(self.ended)}/{self.num_samples} trials "
+                f"ended, {_duration(elapsed)}" + (f", ETA {_duration(eta)}" if ran > 0 else "")
+                + best)
+
+    def _done(self) -> int:
+        """Epochs run, counting an ended trial as its whole budget (it will run no more)."""
+        done = sum(self.epochs if t in self.ended else self.epochs_done.get(t, 0)
+                   for t in set(self.epochs_done) | set(self.ended))
+        return min(done, self.num_samples * self.epochs)
