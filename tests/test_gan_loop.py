@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from ddp_harness import run_two_gloo_workers
 from trainables.gan import GANConfig, build_models, build_optimizer
 from trainables.gan.diffaugment import diff_augment, parse_policy
 from trainables.gan.loop import d_step, g_step
@@ -103,20 +103,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
 
 def test_ddp_with_two_gloo_workers_keeps_the_nets_in_sync():
     """Two forward passes of D, one backward: DDP must still synchronise every gradient."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_two_gloo_workers(_ddp_worker)
     _, G0, D0, _, _ = _setup()
     start = torch.cat([p.detach().flatten() for p in list(G0.parameters()) + list(D0.parameters())])
     assert np.array_equal(got[0], got[1])  # synchronised

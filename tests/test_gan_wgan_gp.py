@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from ddp_harness import run_two_gloo_workers
 from trainables.context import standalone_context
 from trainables.data import load_image_set
 from trainables.gan import (GANConfig, build_models, build_optimizer, load_generator, preset,
@@ -175,20 +175,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
 def test_ddp_keeps_critic_and_generator_in_sync_with_the_penalty():
     """The penalty's double backward runs inside D's one backward: DDP must still average
     every gradient (ranks differ in data, so unsynchronised nets would drift apart)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_two_gloo_workers(_ddp_worker)
     _, G0, D0, _, _ = _setup()
     assert np.array_equal(got[0], got[1])
     assert not np.allclose(got[0], _flat(G0, D0).numpy())
