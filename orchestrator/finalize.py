@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator import ranking
-from orchestrator.store.layout import (STATUS, checkpoint_has, read_checkpoint_file,
-                                       trial_runs)
+from orchestrator.store.layout import (STATUS, checkpoint_has, grid_artifact,
+                                       read_checkpoint_file, trial_runs, ui_link)
 from orchestrator.store.models import register_generator
 from orchestrator.store.reader import load_epoch_table
 from orchestrator.view import write_report
 from trainables.gan import load_generator
 from trainables.metrics.evaluator import GanEvaluator
+from trainables.metrics.registry import METRICS
 from trainables.trial import TrialSettings, load_selection
 
 
@@ -22,11 +23,13 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     table = load_epoch_table(cfg.name, cfg.mlflow_uri)
     failed = _failed_trials(results)
     endings = trial_endings(client, cfg.name, parent_run_id)
+    where = {"mlflow_uri": cfg.mlflow_uri,
+             "experiment_id": client.get_run(parent_run_id).info.experiment_id}
     if table.empty:
         client.set_tag(parent_run_id, "cxr.best", "none: no trial reported an epoch")
         client.set_terminated(parent_run_id, "FAILED")
         summary = {"search": cfg.name, "trials": 0, "failed_trials": failed, "best": None,
-                   "policy": cfg.policy, "mlflow_uri": cfg.mlflow_uri, "endings": endings}
+                   "policy": cfg.policy, "endings": endings, **where}
         print(format_summary(summary))
         return summary
     log_summary_metrics(client, parent_run_id, table, endings, cfg.objectives()[0])
@@ -37,7 +40,7 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     summary: dict[str, Any] = {"search": cfg.name, "trials": int(table["trial_id"].nunique())
                                if len(table) else 0, "failed_trials": failed,
                                "killed_trials": killed, "endings": endings,
-                               "policy": policy, "mlflow_uri": cfg.mlflow_uri}
+                               "policy": policy, **where}
     try:
         ranked = ranking.rank(table, policy, None, **policy_options(cfg))
     except KeyError as exc:
@@ -218,22 +221,28 @@ def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
 
 
 def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())
-                      if not k.endswith(("_s", "_per_s")))
-    # Relative links: the MLflow UI opens them in place (the run page; the model version).
-    run_link = (f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/"
-                f"{run.info.run_id})") if run else ""
+    """The parent run's description: the best (trial, epoch) and, one click each, its run, its
+    sample grid and the registered generator (relative links the MLflow UI opens in place)."""
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in METRICS if k in metrics)
+    exp = run.info.experiment_id if run else None
+    run_link = f"[{run.info.run_name}]({ui_link(exp, run.info.run_id)})" if run else ""
+    grid = grid_artifact(epoch)
+    links = [f"[sample grid of epoch {epoch}]({ui_link(exp, run.info.run_id, grid_artifact(epoch))})"
+             if run else "",
+             (f"[registered generator {registered['name']} version {registered['version']} "
+              f"(@{registered['alias']})](#/models/{registered['name']}/versions/"
+              f"{registered['version']})") if registered else ""]
+    # The links first: the UI folds a long description after its first lines.
     lines = [f"## Best epoch: trial {run_link or trial_id}, epoch {epoch}",
-             f"- trial run: {run_link} ({run.info.run_id}); its sample grids: the run's "
-             "*Model metrics* tab, image `grid`, slider on the epoch" if run else "",
+             " · ".join(link for link in links if link),
+             "",
              f"- ranking policy: {cfg.policy}; why: {reason}" if reason else "",
              f"- metrics: {shown}",
-             f"- checkpoint: `{checkpoint}`" if checkpoint else "",
-             (f"- registered: [{registered['name']} version {registered['version']}]"
-              f"(#/models/{registered['name']}/versions/{registered['version']}) "
-              f"(alias `{registered['alias']}`)") if registered else "",
-             "- full ranking: artefacts `ranking/ranking.csv`"]
-    return "\n".join(line for line in lines if line)
+             "- every epoch's grid: the trial run's *Model metrics* tab, image `grid`, slider "
+             "on the epoch; the full ranking: artefact `ranking/ranking.csv`",
+             f"- trial run id: {run.info.run_id}" if run else "",
+             f"- checkpoint: {checkpoint}" if checkpoint else ""]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == 2)
 
 
 def format_summary(summary: dict) -> str:
@@ -259,7 +268,9 @@ def format_summary(summary: dict) -> str:
         if summary.get("registered_model"):
             reg = summary["registered_model"]
             lines.append(f"generator: models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
-    lines.append(f"look: mlflow ui --backend-store-uri {summary['mlflow_uri']}  -> experiment "
-                 f"'{summary['search']}' -> parent run '{summary['search']}' (best run linked "
-                 "in its description)")
+    where = (f"http://127.0.0.1:5000/{ui_link(summary['experiment_id'])}"
+             if summary.get("experiment_id") else f"experiment '{summary['search']}'")
+    lines.append(f"look: mlflow ui --backend-store-uri {summary['mlflow_uri']}, then {where} -> "
+                 f"run '{summary['search']}': its description links the best trial run, that "
+                 "epoch's sample grid and the registered generator")
     return "\n".join(lines)

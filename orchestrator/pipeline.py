@@ -46,7 +46,7 @@ def run_search(cfg: SearchConfig):
     cluster.init_ray()
     cluster.check_shared_storage(storage, ray.nodes())
     placement = cluster.place(cfg, ray.cluster_resources(), wait=cluster.wait_for_gpus)
-    settings = dataclasses.replace(settings, placement=placement)
+    settings = preflight.publish_data(dataclasses.replace(settings, placement=placement), storage)
     client = MlflowClient(cfg.mlflow_uri)
     params = _parent_params(cfg, settings)
     if cfg.resume:
@@ -68,10 +68,13 @@ def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, pa
         client.update_run(parent, status="RUNNING")
     else:
         _log_search_space(client, parent, cfg.experiment)
+        client.log_inputs(parent, datasets=[layout.dataset_input(settings.data,
+                                                                 settings.data_fingerprint)])
     # Tune's experiment state after every step, not every ~10 s or more: a driver killed
     # between two saves forgets the trials started since (their runs stay RUNNING).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    callback = writer.MlflowSearchCallback(cfg.mlflow_uri, cfg.name, parent, settings.epochs)
+    callback = writer.MlflowSearchCallback(cfg.mlflow_uri, cfg.name, parent, settings.epochs,
+                                           (settings.data, settings.data_fingerprint))
     results = build_tuner(cfg, settings, storage, callback).fit()
     return finalize_search(cfg, settings, results, client, parent)
 

@@ -78,6 +78,7 @@ def _stored_search(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.config import SearchConfig
+    from orchestrator.store.layout import metric_key
     from orchestrator.store.models import register_generator
     from trainables.gan import GANConfig
     from trainables.gan.build import build_generator
@@ -102,7 +103,8 @@ def _stored_search(tmp_path):
             client.set_tag(run, f"ckpt.epoch_{epoch:04d}", str(folder))
             values = {"fid": fid, "kid": fid / 100, "cas_acc": 0.6, "g_loss": 1.0,
                       "d_fake_acc": 0.5, "constant_frac": 0.0, "diversity_ratio": 0.6}
-            client.log_batch(run, [Metric(k, v, 0, epoch) for k, v in values.items()])
+            # as the search's writer logs them: grouped keys (`eval/fid`, `train/g_loss`)
+            client.log_batch(run, [Metric(metric_key(k), v, 0, epoch) for k, v in values.items()])
     for key, value in {"cxr.best_trial_id": "a", "cxr.best_epoch": "1"}.items():
         client.set_tag(parent, key, value)
     search = SearchConfig(experiment="acgan", preset="s0", name="s", mlflow_uri=uri)
@@ -137,4 +139,4 @@ def test_the_champion_carries_the_selected_epochs_metrics(tmp_path):
     champion = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
     model_id = champion.source.removeprefix("models:/")  # the version's logged model
     metrics = {m.key: (m.value, m.step) for m in client.get_logged_model(model_id).metrics}
-    assert metrics["fid"] == (2.0, 1)
+    assert metrics["eval/fid"] == (2.0, 1)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.store.layout import metric_key
+
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,13 +60,13 @@ def test_smoke_search_end_to_end(smoke_store):
     assert len(parents) == 1 and len(children) >= 4
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
-    epochs = {c.data.tags["cxr.trial_id"]: len(client.get_metric_history(c.info.run_id, "g_loss"))
+    epochs = {c.data.tags["cxr.trial_id"]: len(client.get_metric_history(c.info.run_id, metric_key("g_loss")))
               for c in children}
     assert max(epochs.values()) == 3
     assert min(epochs.values()) < 3, f"ASHA stopped no trial: {epochs}"
     assert all(c.data.tags.get("stop_reason") is None for c in children
                if epochs[c.data.tags["cxr.trial_id"]] < 3), "a short trial diverged instead"
-    history = client.get_metric_history(children[0].info.run_id, "g_loss")
+    history = client.get_metric_history(children[0].info.run_id, metric_key("g_loss"))
     assert sorted(m.step for m in history) == list(range(len(history)))
     grids = [a.path for a in client.list_artifacts(children[0].info.run_id, "grids")]
     assert grids and all(g.endswith(".png") for g in grids)
@@ -89,8 +91,18 @@ def test_smoke_search_end_to_end(smoke_store):
     assert parent.data.tags["mlflow.source.git.commit"]
     assert {"trials_finished", "trials_diverged", "best_fid"} <= set(parent.data.metrics)
     note = parent.data.tags["mlflow.note.content"]
-    assert f"#/experiments/{parent.info.experiment_id}/runs/{best_run.info.run_id})" in note
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{best_run.info.run_id}?" in note
+    assert f"/runs/{best_run.info.run_id}/artifacts/grids/epoch_{best_epoch:04d}.png" in note
     assert "#/models/cxr-acgan-generator/versions/" in note
+    # ... the data as an MLflow dataset on the search and on each trial, curves in groups,
+    # the experiment a model-training one (the UI's runs view, not GenAI traces)
+    for run in (parent, best_run):
+        (data,) = run.inputs.dataset_inputs
+        assert data.dataset.digest == parent.data.tags["cxr.data_fingerprint"][:36]
+    assert {"eval/fid", "train/g_loss", "search/keep_score"} <= set(best_run.data.metrics)
+    assert "fid_protocol.dims" in best_run.data.params and "epoch" not in best_run.data.metrics
+    kind = client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
     spaces = {a.path for a in client.list_artifacts(parent.info.run_id, "search_space")}
     assert spaces == {"search_space/acgan.py", "search_space/gan.py"}
     import optuna  # the study optuna-dashboard opens, beside the Tune results
@@ -198,8 +210,7 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
         # two grey smoke epochs are never a champion: then the search says why (issue 12)
         assert summary["best"] is not None or "unusable" in summary["why_none"]
         # two processes really trained it (DDP over gloo), not one
-        sizes = {m.value for m in client.get_metric_history(children[0].info.run_id, "world_size")}
-        assert sizes == {2.0}
+        assert float(children[0].data.params["world_size"]) == 2
     finally:
         ray.shutdown()
 
@@ -262,7 +273,7 @@ def test_classifier_tune_search(tmp_path, covid3_dir):
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
     assert len(parents) == 1 and len(children) == 2
     for child in children:
-        assert client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert client.get_metric_history(child.info.run_id, metric_key("val_macro_f1"))
         assert child.data.params.get("evaluate_test", "False") == "False"  # never the test split
     assert parents[0].data.tags["cxr.best_trial_id"] in {c.data.tags["cxr.trial_id"] for c in children}
 

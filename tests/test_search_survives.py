@@ -14,6 +14,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from orchestrator.store.layout import metric_key
+
 from test_search_e2e import env_for, mlflow_runs, search_cmd
 
 pytestmark = pytest.mark.slow
@@ -43,8 +45,8 @@ def test_a_diverging_trial_and_unevaluated_epochs_do_not_end_the_search(tmp_path
     assert best not in diverged and parents[0].info.status == "FINISHED"
     # epochs without evaluation are recorded (g_loss at epoch 0) but carry no FID
     other = next(c for c in children if c.data.tags["cxr.trial_id"] == best)
-    assert [m.step for m in client.get_metric_history(other.info.run_id, "fid")] == [1]
-    assert sorted(m.step for m in client.get_metric_history(other.info.run_id, "g_loss")) == [0, 1]
+    assert [m.step for m in client.get_metric_history(other.info.run_id, metric_key("fid"))] == [1]
+    assert sorted(m.step for m in client.get_metric_history(other.info.run_id, metric_key("g_loss"))) == [0, 1]
     # Optuna learnt from every trial: the diverged one as PRUNED (no made-up value), the
     # others with their best epoch's FID
     study = optuna.load_study(study_name=name,
@@ -52,7 +54,7 @@ def test_a_diverging_trial_and_unevaluated_epochs_do_not_end_the_search(tmp_path
     states = Counter(t.state.name for t in study.trials)
     assert states == {"PRUNED": 1, "COMPLETE": 2}, states
     fids = {round(m.value, 9) for c in children
-            for m in client.get_metric_history(c.info.run_id, "fid")}
+            for m in client.get_metric_history(c.info.run_id, metric_key("fid"))}
     assert all(round(t.value, 9) in fids for t in study.trials if t.state.name == "COMPLETE")
 
 
@@ -70,7 +72,7 @@ def test_disk_is_bounded_over_an_eight_epoch_trial(tmp_path, covid3_dir):
     assert len(states) <= 2 and len(generators) <= 5 + 1, (states, generators)
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
     run = children[0].info.run_id
-    assert sorted(m.step for m in client.get_metric_history(run, "fid")) == list(range(8))
+    assert sorted(m.step for m in client.get_metric_history(run, metric_key("fid"))) == list(range(8))
     grids = {a.path for a in client.list_artifacts(run, "grids")}
     assert len(grids) == 8
     ranking = pd.read_csv(client.download_artifacts(parents[0].info.run_id,
@@ -127,7 +129,7 @@ def test_sigkill_then_resume_without_a_name(tmp_path, covid3_dir):
     assert len(ids) == len(set(ids)), "duplicated MLflow trial runs"
     assert all(c.info.status != "RUNNING" for c in children)
     for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "g_loss")]
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, metric_key("g_loss"))]
         if child.info.status == "FINISHED":
             assert sorted(set(steps)) == [0, 1, 2], steps
         assert sum(n - 1 for n in Counter(steps).values()) <= 1, steps

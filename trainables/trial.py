@@ -16,6 +16,8 @@ from typing import Any, Mapping, Optional
 from trainables.classifier import train_classifier
 from trainables.classifier.config import ClassifierConfig
 from trainables.context import RunContext
+from trainables.data import ImageSet, bundle
+from trainables.data.manifest import default_cache_dir
 from trainables.data.selection import load_selection_sets
 from trainables.gan import GANConfig, train_gan
 from trainables.gan.build import trained_classes
@@ -58,6 +60,7 @@ class TrialSettings:
     placement: Placement = field(default_factory=Placement)
     objectives: tuple[tuple[str, str], ...] = ()  # ((metric, "min" | "max"), ...), first leads
     keep_epochs: int = 5  # generator weights of this many best epochs are kept per trial
+    data_bundle: str = ""  # the fit/val images published under the storage (data.bundle)
 
     @property
     def is_gan(self) -> bool:
@@ -89,7 +92,13 @@ def run_classifier_trial(config: dict, settings: TrialSettings, ctx: RunContext)
 
 def load_selection(settings: TrialSettings, resolution: int, channels: int):
     """(fit set, validation set) of the search's data: never the held-out test split
-    (`trainables.data.selection`: the same rule as the classifier study's)."""
+    (`trainables.data.selection`: the same rule as the classifier study's).  A search's
+    trials read the bundle its driver published under the storage (`data_bundle`), on any
+    node; without one (the driver itself, before publishing) the data source is read."""
+    if settings.data_bundle:
+        fit, val = bundle.load(settings.data_bundle, default_cache_dir(), ImageSet)
+        bundle.check_shape(fit, resolution, channels, settings.data_bundle)
+        return fit, val
     return load_selection_sets(settings.data, resolution=resolution, channels=channels,
                                seed=settings.seed, **settings.data_options)
 

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.config import ConfigError
-from trainables.data import DataError
+from trainables.data import DataError, bundle
 from trainables.data.default import resolve_default
 from trainables.gan.families import FAMILIES
 from trainables.trial import TrialSettings, load_selection
@@ -34,6 +34,22 @@ def preflight_data(settings: TrialSettings) -> TrialSettings:
                                    classes=tuple(train.classes))
     check_classes(settings)
     return settings
+
+
+def publish_data(settings: TrialSettings, storage: str) -> TrialSettings:
+    """Publish the search's fit/val images under the storage (`trainables.data.bundle`), so
+    that trials on any node read them from there and never from this machine's data path."""
+    if not settings.is_gan:
+        return settings  # the classifier trainable reads its data source itself
+    resolution, channels = settings.resolution_channels
+    fit, val = load_selection(settings, resolution, channels)  # the decoded cache: no decoding
+    try:
+        uri = bundle.publish(fit, val, storage)
+    except OSError as exc:
+        raise ConfigError(f"--storage {storage!r}: cannot publish the search's data there "
+                          f"({type(exc).__name__}: {exc}); every trial reads its images from "
+                          "the storage, so it must be writable from here") from exc
+    return dataclasses.replace(settings, data_bundle=uri)
 
 
 def check_storage(storage: str) -> None:

@@ -33,6 +33,71 @@ def tag_epoch(key: str) -> int:
     return int(key.split("_")[-1])
 
 
+# MLflow's UI groups a run's charts by the part of a metric's key before "/", so each per-epoch
+# number is logged as `<group>/<name>`: `train/` how training went, `eval/` the evaluation on the
+# selection hold-out, `ci/` confidence bounds, `search/` the scores Tune and Optuna read, `test/`
+# a study's once-only test numbers.  The rest of the product (epoch tables, ranking, report)
+# uses the plain names; `metric_name` is the inverse.
+METRIC_GROUPS = ("train", "eval", "ci", "search", "test")
+_TRAIN_METRICS = frozenset({
+    "g_loss", "d_loss", "d_x", "d_g_z1", "d_g_z2", "d_fake_acc", "d_real_acc", "aux_class_acc",
+    "d_steps", "g_steps", "lr_d", "lr_g", "epoch_s", "images_per_s", "diverged",
+    "train_loss", "train_accuracy", "epoch_time_s"})
+# Per-trial constants, not curves: logged once as params (the first value stands, as for
+# every MLflow param) under these names; `epoch` is the step itself and is not logged.
+CONSTANT_PARAMS = {
+    "fid_dims": "fid_protocol.dims", "fid_n_fake": "fid_protocol.n_fake",
+    "fid_n_real": "fid_protocol.n_real", "cas_chance": "fid_protocol.cas_chance",
+    "cas_n_train": "fid_protocol.cas_n_train", "cas_n_test": "fid_protocol.cas_n_test",
+    "cas_real_acc": "fid_protocol.cas_real_acc", "cas_real_f1": "fid_protocol.cas_real_f1",
+    "world_size": "world_size", "n_train": "n_train", "n_synthetic": "n_synthetic",
+    "epoch": None}
+# The tag that remembers a trial run's last logged epoch (for resume), since `epoch` is no metric.
+LAST_EPOCH = "cxr.last_epoch"
+
+
+def metric_key(name: str) -> str:
+    """The MLflow key of a per-epoch number: `fid` -> `eval/fid`, `g_loss` -> `train/g_loss`,
+    `kid_ci_low` -> `ci/kid_ci_low`, `best_fid` -> `search/best_fid`."""
+    if name.startswith("test_"):
+        group = "test"
+    elif name.endswith(("_ci_low", "_ci_high", "_se")):
+        group = "ci"
+    elif name in _TRAIN_METRICS:
+        group = "train"
+    elif name.startswith("best_") or name == "keep_score":
+        group = "search"
+    else:
+        group = "eval"
+    return f"{group}/{name}"
+
+
+def metric_name(key: str) -> str:
+    """The plain name of an MLflow metric key (the inverse of `metric_key`; other keys as is)."""
+    group, sep, rest = key.partition("/")
+    return rest if sep and group in METRIC_GROUPS else key
+
+
+def dataset_input(data: str, fingerprint: str, context: str = "training"):
+    """The search's data as an MLflow dataset (the runs table's Dataset column): where it
+    lives, its name, and the data fingerprint as its digest (MLflow keeps 36 characters of
+    it; the whole one is the `cxr.data_fingerprint` tag).  No image is copied."""
+    from mlflow.data import sources
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    remote = {"s3": sources.S3ArtifactDatasetSource, "gs": sources.GCSArtifactDatasetSource}
+    scheme = data.split("://", 1)[0] if "://" in data else ""
+    if scheme:
+        source = remote.get(scheme, sources.LocalArtifactDatasetSource)(data)
+    else:  # a folder, or a named set such as pneumoniamnist
+        local = Path(data).expanduser()
+        source = sources.LocalArtifactDatasetSource(str(local.resolve()) if local.exists() else data)
+    dataset = MetaDataset(source, name=Path(data.rstrip("/")).name or data,
+                          digest=(fingerprint or "unknown")[:36])
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+
+
 def grid_artifact(epoch: int) -> str:
     return f"grids/epoch_{int(epoch):04d}.png"
 
@@ -74,12 +139,26 @@ def existing_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
 
 
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless told this is model
+# training: the experiment's kind, and the workflow type in every link we print or write.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_QUERY = "workflowType=machine_learning"
+
+
 def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created when missing."""
+    """The id of experiment `name`, created (as a model-training experiment) when missing."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+
+
+def ui_link(experiment: str, run_id: str | None = None, artifact: str | None = None) -> str:
+    """The MLflow UI's relative link to an experiment's runs, a run, or a run's artefact."""
+    path = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "/runs")
+    if run_id and artifact:
+        path += f"/artifacts/{artifact}"
+    return f"{path}?{UI_QUERY}"
 
 
 def role_runs(client, role: str, experiment_ids: Sequence[str], max_results: int = 1000):

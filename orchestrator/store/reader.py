@@ -17,8 +17,8 @@ import pandas as pd
 from orchestrator import ranking, registry
 from orchestrator.config import DEFAULT_MLFLOW_URI
 from orchestrator.store.layout import (ROLE, TRIAL_ID, StoreError, epoch_tag, existing_client,
-                                       grid_artifact, read_checkpoint_file, role_runs, tag_epoch,
-                                       trial_runs)
+                                       grid_artifact, metric_name, read_checkpoint_file,
+                                       role_runs, tag_epoch, trial_runs)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def load_epoch_table(search: "SearchRecord | str",
         run_id = run.info.run_id
         for key in run.data.metrics:
             for m in client.get_metric_history(run_id, key):
-                row(trial, int(m.step), run)[key] = m.value  # logging order: last wins
+                row(trial, int(m.step), run)[metric_name(key)] = m.value  # last logged wins
         for key, value in run.data.tags.items():
             if key.startswith("ckpt.epoch_"):
                 row(trial, tag_epoch(key), run)["checkpoint"] = value

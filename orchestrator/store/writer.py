@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from ray.tune import Callback
 
-from orchestrator.store.layout import (PARENT, ROLE, STATUS, TRIAL_ID, epoch_tag,
-                                       experiment_id, flatten, grid_artifact, log_as,
-                                       log_params, read_checkpoint_file,
-                                       remove_checkpoint_file, short, trial_runs)
+from orchestrator.store.layout import (CONSTANT_PARAMS, LAST_EPOCH, PARENT, ROLE, STATUS,
+                                       TRIAL_ID, dataset_input, epoch_tag, experiment_id,
+                                       flatten,
+                                       grid_artifact, log_as, log_params, metric_key,
+                                       read_checkpoint_file, remove_checkpoint_file, short,
+                                       trial_runs)
 from trainables.classifier.config import GAN_STRATEGIES
 
 # The image key of the per-epoch sample grids (MLflow's image slider, one step per epoch).
@@ -59,8 +61,9 @@ class MlflowSearchCallback(Callback):
     """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths."""
 
     def __init__(self, tracking_uri: str, search_name: str, parent_run_id: str,
-                 epochs: int | None = None):
+                 epochs: int | None = None, dataset: tuple[str, str] | None = None):
         self.tracking_uri = tracking_uri
+        self.dataset = dataset  # (data, fingerprint): each trial run's Dataset column
         self.search_name = search_name
         self.parent_run_id = parent_run_id
         self.epochs = epochs  # a trial's budget: a complete trial short of it stopped early
@@ -71,6 +74,7 @@ class MlflowSearchCallback(Callback):
         self._last_step: dict[str, int] = {}
         self.checkpoints: dict[tuple[str, int], str] = {}
         self._protocols: dict[str, str] = {}
+        self._params: dict[str, set[str]] = {}  # per run: the param keys already logged
 
     # Tune pickles callbacks into its experiment state: keep the client out of it.
     def __getstate__(self):
@@ -91,14 +95,15 @@ class MlflowSearchCallback(Callback):
         found = trial_runs(self.client, experiment, self.parent_run_id, trial.trial_id, 1)
         if found:  # a resumed search: continue the trial's run, never duplicate it
             run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "epoch")
-            self._last_step[run_id] = max((int(m.step) for m in history), default=-1)
+            self._last_step[run_id] = int(found[0].data.tags.get(LAST_EPOCH, -1))
         else:
             run = self.client.create_run(
                 experiment, run_name=f"trial-{trial.trial_id}",
                 tags={ROLE: "trial", TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id})
             run_id = run.info.run_id
             log_params(self.client, run_id, flatten("", trial.config))
+            if self.dataset:
+                self.client.log_inputs(run_id, datasets=[dataset_input(*self.dataset)])
             self._last_step[run_id] = -1
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -161,17 +166,30 @@ class MlflowSearchCallback(Callback):
             return
         self._protocols[run_id] = text
         self.client.log_text(run_id, text, "eval_protocol.json")
-        existing = self.client.get_run(run_id).data.params
+        existing = self._logged_params(run_id)
         fresh = {k: v for k, v in flatten("fid_protocol", json.loads(text)).items()
                  if k not in existing}  # params are immutable; the first protocol stands
         log_params(self.client, run_id, fresh)
+        existing.update(fresh)
 
     def _log_metrics(self, run_id: str, result: dict, epoch: int) -> None:
+        """One batch per epoch: curves as `<group>/<name>` metrics at step `epoch`, constants
+        as params the first time they appear, and the run's last epoch as a tag."""
         now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, epoch) for key, value in _numbers(result).items()
-                   if key not in _TUNE_KEYS and value == value]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        numbers = {k: v for k, v in _numbers(result).items() if k not in _TUNE_KEYS and v == v}
+        metrics = [Metric(metric_key(k), v, now, epoch) for k, v in numbers.items()
+                   if k not in CONSTANT_PARAMS]
+        logged = self._logged_params(run_id)
+        params = [Param(CONSTANT_PARAMS[k], short(result[k])) for k in numbers
+                  if CONSTANT_PARAMS.get(k) and CONSTANT_PARAMS[k] not in logged]
+        logged.update(p.key for p in params)
+        self.client.log_batch(run_id, metrics=metrics, params=params,
+                              tags=[RunTag(LAST_EPOCH, str(epoch))])
+
+    def _logged_params(self, run_id: str) -> set[str]:
+        if run_id not in self._params:  # a resumed search: the run may have params already
+            self._params[run_id] = set(self.client.get_run(run_id).data.params)
+        return self._params[run_id]
 
     def _record_checkpoint(self, trial, run_id, epoch, path, filesystem) -> None:
         if (trial.trial_id, epoch) in self.checkpoints:
@@ -227,11 +245,14 @@ def _log_study_run(client, experiment: str, parent: str, payload: dict,
         **(generator_tags if config["strategy"] in GAN_STRATEGIES else {})})
     run_id = run.info.run_id
     log_params(client, run_id, flatten("", config))
-    for epoch, history in enumerate(payload["history"]):
-        for key, value in _numbers(history).items():
-            client.log_metric(run_id, key, value, step=epoch)
-    for key, value in _numbers(row).items():
-        client.log_metric(run_id, f"test_{key}" if not key.startswith("test") else key, value)
+    now = int(time.time() * 1000)
+    metrics = [Metric(metric_key(key), value, now, epoch)
+               for epoch, history in enumerate(payload["history"])
+               for key, value in _numbers(history).items() if key != "epoch"]
+    metrics += [Metric(metric_key(key if key.startswith("test") else f"test_{key}"), value, now, 0)
+                for key, value in _numbers(row).items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
     run_dir = Path(row["run_dir"])
     for name, folder in (("confusion_matrix.png", "confusion"), ("gradcam.png", "gradcam"),
                          ("classification_report.txt", "report"),
