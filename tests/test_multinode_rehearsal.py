@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.run.cluster import DRIVER_RESOURCE
 from test_search_e2e import REPO_ROOT, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -91,8 +92,11 @@ class Rehearsal:
 
     def start_head(self) -> None:
         self._start(["ray", "start", "--head", "--block", "--port", str(self.port),
-                     "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "false",
-                     "--resources", json.dumps({"cxr_head": 1}), *_node_ports()], "head.log")
+                     "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "true",
+                     # the state API (which actor ran where) reads the dashboard: loopback only
+                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_ports(1)[0]),
+                     "--resources", json.dumps({DRIVER_RESOURCE: 1000}), *_node_ports()],
+                    "head.log")
         self._wait_for_nodes(1)
 
     def start_worker(self, cpus: int = 2) -> subprocess.Popen:
@@ -143,6 +147,23 @@ class Rehearsal:
         self.sessions.append(proc.pid)
         return proc
 
+    def actor_nodes(self) -> dict[str, set[str]]:
+        """{actor class: {"head" | "worker"}} of every actor this cluster ran (Ray's state API)."""
+        code = f"""
+import json, ray
+from ray.util.state import list_actors
+ray.init(address="127.0.0.1:{self.port}", logging_level="ERROR")
+head = {{n["NodeID"] for n in ray.nodes() if n["Resources"].get("{DRIVER_RESOURCE}")}}
+out = {{}}
+for a in list_actors(limit=10000, raise_on_missing_output=False):
+    out.setdefault(a.class_name, set()).add("head" if a.node_id in head else "worker")
+print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
+"""
+        done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
     def close(self) -> None:
         for sid in reversed(self.sessions):
             _kill_session(sid)
@@ -173,14 +194,19 @@ def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
 
 @requires_unshare
 def test_trials_on_a_node_without_the_data_read_the_published_bundle(rehearsal, covid3_dir):
+    # --execution train: as on the GPU cluster, each trial's actor sits on the head (its
+    # cxr_driver resource) and its Ray Train worker on the node without the data
     out = _finish(rehearsal.search("rehearsal", covid3_dir, "--num-samples", "2",
-                                   "--max-epochs", "2"))
+                                   "--max-epochs", "2", "--execution", "train"))
     assert "best: trial" in out, out[-3000:]
     _, parents, children = mlflow_runs(f"sqlite:///{rehearsal.tmp}/mlflow.db", "rehearsal")
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     assert parents[0].data.tags.get("cxr.best_epoch") is not None
     # the bundle the trials read, under the storage
     assert list((rehearsal.tmp / "storage" / "cxr-data").glob("*/bundle.json"))
+    # the trials' actors on the head, their training on the worker node
+    actors = rehearsal.actor_nodes()
+    assert actors["ImplicitFunc"] == {"head"} and actors["RayTrainWorker"] == {"worker"}, actors
 
 
 @requires_unshare

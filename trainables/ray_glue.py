@@ -131,6 +131,8 @@ def trial_resources(placement: Placement) -> dict:
     """Tune's reservation for the trial process: with a Train trial the trial actor itself
     only coordinates (a sliver of a CPU; its workers hold the rest)."""
     if placement.execution == "train":
+        if placement.driver_resource:  # kept on the head (see Placement.driver_resource)
+            return {"CPU": 0, placement.driver_resource: 0.01}
         return {"CPU": 0.01}
     return worker_resources(placement)
 

@@ -29,7 +29,10 @@ class Placement:
     """Where and how a trial runs (decided by the orchestrator against the cluster).
 
     execution: "function" (the loop in the Tune trial process) or "train" (a Ray Train
-    TorchTrainer per trial, DDP over `workers_per_trial` workers)."""
+    TorchTrainer per trial, DDP over `workers_per_trial` workers).  driver_resource: a custom
+    resource only the head node has (cluster.yaml's `cxr_driver`): a Train trial's actor,
+    which only coordinates, asks for a sliver of it, so it lives on the head, which never goes
+    away, instead of on a GPU node the autoscaler may remove."""
 
     execution: str = "function"
     workers_per_trial: int = 1
@@ -37,6 +40,7 @@ class Placement:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     max_concurrent: Optional[int] = None
+    driver_resource: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from orchestrator.config import ConfigError, SearchConfig
 from trainables.trial import Placement
 
 WaitForGpus = Callable[[float, int, float], float]
+# The custom resource cluster.yaml gives the head node only (`resources: {cxr_driver: ...}`).
+DRIVER_RESOURCE = "cxr_driver"
 
 
 def init_ray() -> None:
@@ -77,6 +79,7 @@ def place(cfg: SearchConfig, resources: dict,
     return Placement(execution=execution, workers_per_trial=cfg.workers_per_trial,
                      use_gpu=per_worker > 0, gpus_per_worker=per_worker,
                      cpus_per_worker=cpus_per_worker,
+                     driver_resource=DRIVER_RESOURCE if resources.get(DRIVER_RESOURCE) else "",
                      max_concurrent=_concurrency(cfg, autoscaling, gpus, cpus, need,
                                                  cpus_per_worker))
 

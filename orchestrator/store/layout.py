@@ -180,7 +180,10 @@ def trial_runs(client, experiment_id_: str, parent_run_id: str, trial_id: str | 
 
 def code_version() -> str:
     """The git commit of this checkout, "+dirty" when tracked files have local changes
-    (then the commit alone does not say what ran)."""
+    (then the commit alone does not say what ran).  `$CXR_CODE_VERSION` wins: `ray up` copies
+    the checkout to the cluster without `.git`, so the commit is passed from the laptop."""
+    if os.environ.get("CXR_CODE_VERSION"):
+        return os.environ["CXR_CODE_VERSION"]
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
                               cwd=Path(__file__).resolve().parents[2]).stdout.strip()
