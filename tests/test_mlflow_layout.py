@@ -56,6 +56,7 @@ def test_a_trial_is_logged_in_groups_with_constants_as_params_and_resumes(tmp_pa
     assert params["fid_protocol.dims"] == "768" and params["fid_protocol.cas_real_acc"] == "0.8"
     assert params["world_size"] == "1"  # params are immutable: the first value stands
     assert params["lr_g"] == "0.0002" and run.data.tags[LAST_EPOCH] == "1"
+    assert run.data.tags["mlflow.source.name"] == "orchestrator.search"  # the UI's Source
     # the data as an MLflow dataset: where it is, and the fingerprint as its digest
     (logged,) = run.inputs.dataset_inputs
     assert logged.dataset.digest == "f" * 36 and logged.dataset.name == tmp_path.name

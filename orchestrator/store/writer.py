@@ -21,7 +21,7 @@ from orchestrator.store.layout import (CONSTANT_PARAMS, LAST_EPOCH, PARENT, ROLE
                                        flatten,
                                        grid_artifact, log_as, log_params, metric_key,
                                        read_checkpoint_file, remove_checkpoint_file, short,
-                                       trial_runs)
+                                       source_tags, trial_runs)
 from trainables.classifier.config import GAN_STRATEGIES
 
 # The image key of the per-epoch sample grids (MLflow's image slider, one step per epoch).
@@ -99,7 +99,8 @@ class MlflowSearchCallback(Callback):
         else:
             run = self.client.create_run(
                 experiment, run_name=f"trial-{trial.trial_id}",
-                tags={ROLE: "trial", TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id})
+                tags={ROLE: "trial", TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id,
+                      **source_tags("orchestrator.search")})
             run_id = run.info.run_id
             log_params(self.client, run_id, flatten("", trial.config))
             if self.dataset:
