@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +84,10 @@ class Rehearsal:
                     "PYTHONUNBUFFERED": "1"}
         self.sessions: list[int] = []
         self.workers: list[subprocess.Popen] = []
+        # Its own Ray temp dir (short: socket paths are limited): `ray start --head` records
+        # its address in <temp>/ray_current_cluster, and a plain `ray.init()` elsewhere on this
+        # machine (the next test's search) would join this cluster, dead after the test.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
 
     def _start(self, cmd: list[str], log: str) -> subprocess.Popen:
         proc = subprocess.Popen(cmd, env=self.env, cwd=self.tmp, start_new_session=True,
@@ -92,6 +97,7 @@ class Rehearsal:
 
     def start_head(self) -> None:
         self._start(["ray", "start", "--head", "--block", "--port", str(self.port),
+                     "--temp-dir", str(self.temp_dir),
                      "--num-cpus", "0", "--num-gpus", "0", "--include-dashboard", "true",
                      # the state API (which actor ran where) reads the dashboard: loopback only
                      "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_ports(1)[0]),
@@ -103,7 +109,8 @@ class Rehearsal:
         mounts = " && ".join(f"mount -t tmpfs tmpfs '{p}'" for p in self.hidden)
         empty = " && ".join(f"test -z \"$(ls -A '{p}')\"" for p in self.hidden)
         ray = " ".join(["exec ray start --block", f"--address=127.0.0.1:{self.port}",
-                        f"--num-cpus {cpus}", "--num-gpus 0", *_node_ports()])
+                        f"--num-cpus {cpus}", "--num-gpus 0", f"--temp-dir {self.temp_dir}",
+                        *_node_ports()])
         log = f"worker{len(self.workers)}.log"
         proc = self._start(["unshare", "-m", "sh", "-c", f"set -e; {mounts}; {empty}; {ray}"], log)
         self.workers.append(proc)
@@ -167,6 +174,7 @@ print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
     def close(self) -> None:
         for sid in reversed(self.sessions):
             _kill_session(sid)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
