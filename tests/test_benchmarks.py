@@ -56,7 +56,7 @@ def test_gan_learns_prints_the_table_and_writes_grids(covid3_dir, tmp_path):
               "--resolution", "32", "--width", "0.125", "--steps-per-epoch", "2", "--n-fake", "8",
               "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "stats"),
               tmp_path=tmp_path)
-    assert "| dcgan | 1 |" in out and "real-vs-real floor" in out
+    assert "| dcgan (s1) | 1 |" in out and "real-vs-real floor" in out
     assert (tmp_path / "out" / "dcgan_first_grid.png").is_file()
     assert (tmp_path / "out" / "table.md").read_text().startswith("| family |")
 
