@@ -96,8 +96,8 @@ def test_smoke_search_end_to_end(smoke_store):
     assert "#/models/cxr-acgan-generator/versions/" in note
     # ... the data as an MLflow dataset on the search and on each trial, curves in groups,
     # the experiment a model-training one (the UI's runs view, not GenAI traces)
-    for run in (parent, best_run):
-        (data,) = run.inputs.dataset_inputs
+    for logged in (parent, best_run):
+        (data,) = logged.inputs.dataset_inputs
         assert data.dataset.digest == parent.data.tags["cxr.data_fingerprint"][:36]
     assert {"eval/fid", "train/g_loss", "search/keep_score"} <= set(best_run.data.metrics)
     assert "fid_protocol.dims" in best_run.data.params and "epoch" not in best_run.data.metrics
