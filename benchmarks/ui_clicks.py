@@ -124,13 +124,15 @@ def click_through(browser: str, base: str, facts: dict, out: Path) -> list[Targe
             return str(path)
 
         parent_link = page.locator(f'a[href*="/runs/{facts["parent"]}"]').first
+        clicks = Clicks()
 
         def open_parent():
             """Click 1: from the experiment page to the search's run (its description)."""
             for extra in page.context.pages[1:]:
                 extra.close()
             page.goto(start)
-            parent_link.click(timeout=60_000)  # waits until the runs table shows it
+            clicks.count = 0  # every walk starts on the experiment page
+            clicks.click(parent_link, timeout=60_000)  # waits until the runs table shows it
             page.get_by_text("Best epoch: trial").first.wait_for(timeout=30_000)
             return page
 
@@ -141,29 +143,30 @@ def click_through(browser: str, base: str, facts: dict, out: Path) -> list[Targe
         def best_trial():
             page_ = open_parent()
             shot(page_, "1_search_run")
-            trial = follow(page_, page_.get_by_role("link", name=facts["best_run_name"]).first)
+            trial = follow(page_, page_.get_by_role("link", name=facts["best_run_name"]).first,
+                           clicks)
             wait_for_url_part(trial, f"/runs/{facts['best_run']}")
             trial.get_by_text("cxr.best_epoch").first.wait_for(timeout=30_000)
-            return trial, 2, (f"{trial.url.split('#')[-1][:70]}: tag cxr.best_epoch "
+            return trial, clicks.count, (f"{trial.url.split('#')[-1][:70]}: tag cxr.best_epoch "
                               f"{facts['best_epoch']}; the search run's description names the "
                               "epoch one click earlier")
 
         def best_grid():
             page_ = open_parent()
             view = follow(page_, page_.get_by_role(
-                "link", name=f"sample grid of epoch {facts['best_epoch']}").first)
+                "link", name=f"sample grid of epoch {facts['best_epoch']}").first, clicks)
             view.get_by_text(grid).first.wait_for(timeout=30_000)
             view.wait_for_function(  # the preview: a decoded image, not a broken one
                 "() => Array.from(document.images).some(i => i.complete && i.naturalWidth >= 64)",
                 timeout=30_000)
-            return view, 2, f"{grid} shown as an image"
+            return view, clicks.count, f"{grid} shown as an image"
 
         def champion():
             page_ = open_parent()
-            model = follow(page_, page_.locator('a[href*="/versions/"]').first)
+            model = follow(page_, page_.locator('a[href*="/versions/"]').first, clicks)
             wait_for_url_part(model, "/versions/")
             model.get_by_text("champion").first.wait_for(timeout=30_000)
-            return model, 2, f"{model.url.split('#')[-1][:70]}: alias champion shown"
+            return model, clicks.count, f"{model.url.split('#')[-1][:70]}: alias champion shown"
 
         for (name, screenshot), walk in zip(
                 (("best trial and epoch", "2_best_trial_run"),
@@ -181,13 +184,24 @@ def click_through(browser: str, base: str, facts: dict, out: Path) -> list[Targe
     return targets
 
 
-def follow(page, link):
+class Clicks:
+    """Every click of a walk goes through here, so the count is what the browser did."""
+
+    def __init__(self):
+        self.count = 0
+
+    def click(self, locator, **options) -> None:
+        locator.click(**options)
+        self.count += 1
+
+
+def follow(page, link, clicks: Clicks):
     """Click `link`; the page it opens (the run description's links open a new tab)."""
     if link.get_attribute("target") == "_blank":
         with page.context.expect_page() as opened:
-            link.click()
+            clicks.click(link)
         return opened.value
-    link.click()
+    clicks.click(link)
     return page
 
 

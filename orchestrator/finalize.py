@@ -32,7 +32,6 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
                    "policy": cfg.policy, "endings": endings, **where}
         print(format_summary(summary))
         return summary
-    log_summary_metrics(client, parent_run_id, table, endings, cfg.objectives()[0])
     if cfg.is_gan:
         table = mark_kept(table)
     out_dir = Path(tempfile.mkdtemp(prefix="cxr-ranking-"))
@@ -51,6 +50,8 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         for path in ranking.write_ranking(ranked, out_dir, "ranking"):
             client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
         why = _why_nothing(ranked)
+    log_summary_metrics(client, parent_run_id, table if ranked is None else ranked, endings,
+                        cfg.objectives()[0])
     best = _best_row(ranked) if ranked is not None else None
     if best is None:
         client.set_tag(parent_run_id, "cxr.best", why[:5000])
@@ -95,8 +96,13 @@ def trial_endings(client, search_name: str, parent_run_id: str) -> dict[str, lis
 def log_summary_metrics(client, parent_run_id: str, table, endings: dict,
                         objective: tuple[str, str]) -> None:
     """The search at a glance on its parent run (the experiment's run list shows them):
-    the best value of the objective over every epoch, and how the trials ended."""
+    the best value of the objective over the epochs a policy may select, and how the trials
+    ended.  `table` is the ranked table when there is one: a collapsed, killed or deleted
+    epoch is then left out, so the number beside the search is one its champion can have
+    (over every epoch a collapsed generator's low FID could stand there instead)."""
     name, mode = objective
+    if "status" in table:
+        table = table[table["status"] == "ranked"]
     if name in table and table[name].notna().any():
         best = table[name].min() if mode == "min" else table[name].max()
         client.log_metric(parent_run_id, f"best_{name}", float(best))

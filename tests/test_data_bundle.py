@@ -2,6 +2,8 @@
 node, and never the driver's data path."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow.fs as pafs
 import pytest
@@ -79,3 +81,36 @@ def test_a_trial_with_a_bundle_never_reads_the_data_path(sets, tmp_path):
     with pytest.raises((DataError, FileNotFoundError, ValueError)):
         load_selection(TrialSettings(experiment="acgan", data=str(tmp_path / "gone-on-this-node"),
                                      search_name="s", storage=str(tmp_path), base={}), 16, 1)
+
+
+def test_a_classifier_trial_with_a_bundle_trains_where_the_data_path_is_gone(covid3_dir, tmp_path):
+    """`search classifier --tune` publishes its data too: a trial on a node without the data
+    folder trains on the bundle, on exactly the images it would have read from the source
+    (the folds of cross-validation too)."""
+    from trainables.classifier import ClassifierConfig
+    from trainables.classifier.train import load_selection_data
+    from trainables.context import standalone_context
+    from trainables.trial import run_classifier_trial
+
+    fixed = {"resolution": 16, "channels": 1, "duplicates": "drop", "epochs": 1,
+             "batch_size": 32, "evaluate_test": False, "gradcam_per_class": 0}
+    local = TrialSettings(experiment="classifier", data=str(covid3_dir), search_name="s",
+                          storage=str(tmp_path), base={"source": str(covid3_dir), **fixed},
+                          data_options={"duplicates": "drop"})
+    assert local.resolution_channels == (16, 1)
+    fit, val = load_selection(local, 16, 1)
+    uri = bundle.publish(fit, val, str(tmp_path))
+    gone = str(tmp_path / "gone-on-this-node")
+    remote = TrialSettings(experiment="classifier", data=gone, search_name="s",
+                           storage=str(tmp_path), base={"source": gone, **fixed}, data_bundle=uri)
+    history = run_classifier_trial({}, remote, standalone_context(tmp_path / "run"))
+    assert len(history) == 1 and np.isfinite(history[0]["val_loss"])
+    published = bundle.load(uri, tmp_path / "cache", ImageSet)
+    for extra in ({}, {"folds": 4, "fold": 1}):
+        from_source = load_selection_data(ClassifierConfig(source=str(covid3_dir), **fixed, **extra))
+        from_bundle = load_selection_data(ClassifierConfig(source=gone, **fixed, **extra), published)
+        for a, b in zip(from_source, from_bundle):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises((DataError, FileNotFoundError, ValueError)):
+        run_classifier_trial({}, dataclasses.replace(remote, data_bundle=""),
+                             standalone_context(tmp_path / "run2"))

@@ -162,14 +162,30 @@ from ray.util.state import list_actors
 ray.init(address="127.0.0.1:{self.port}", logging_level="ERROR")
 head = {{n["NodeID"] for n in ray.nodes() if n["Resources"].get("{DRIVER_RESOURCE}")}}
 out = {{}}
-for a in list_actors(limit=10000, raise_on_missing_output=False):
+for a in list_actors(limit=10000, raise_on_missing_output=False, timeout=120):
     out.setdefault(a.class_name, set()).add("head" if a.node_id in head else "worker")
 print(json.dumps({{k: sorted(v) for k, v in out.items()}}))
+"""
+        for _ in range(3):  # the state API reads the dashboard, which a loaded machine can keep waiting
+            done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode == 0:
+                break
+        assert done.returncode == 0, done.stderr[-2000:]
+        return {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+    def seen_by_worker(self, paths: list[Path]) -> dict[str, list[str]]:
+        """What a task on a worker node (the only node with CPUs) lists in each path."""
+        code = f"""
+import json, os, ray
+ray.init(address="127.0.0.1:{self.port}", logging_level="ERROR")
+listing = ray.remote(num_cpus=1)(lambda ps: {{p: sorted(os.listdir(p)) for p in ps}})
+print(json.dumps(ray.get(listing.remote({[str(p) for p in paths]!r}))))
 """
         done = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        return {k: set(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     def close(self) -> None:
         for sid in reversed(self.sessions):
@@ -202,6 +218,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
 
 @requires_unshare
 def test_trials_on_a_node_without_the_data_read_the_published_bundle(rehearsal, covid3_dir):
+    # the rehearsal's premise: on the worker node the data folder and the caches are empty,
+    # so a trial that read the driver's data path there would fail
+    assert os.listdir(covid3_dir)
+    assert rehearsal.seen_by_worker(rehearsal.hidden) == {str(p): [] for p in rehearsal.hidden}
     # --execution train: as on the GPU cluster, each trial's actor sits on the head (its
     # cxr_driver resource) and its Ray Train worker on the node without the data
     out = _finish(rehearsal.search("rehearsal", covid3_dir, "--num-samples", "2",

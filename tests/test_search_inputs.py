@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from orchestrator import pipeline, ranking
+from orchestrator import finalize, pipeline, ranking
 from orchestrator.cli import search
 from orchestrator.config import ConfigError, SearchConfig
 from orchestrator.run.tuner import BestEpochOptunaSearch, asha_grace_period
@@ -185,6 +185,25 @@ def test_when_every_epoch_is_collapsed_nothing_is_ranked():
     assert ranked["rank"].isna().all() and set(ranked["status"]) == {"collapsed"}
     with pytest.raises(ValueError, match="no epoch could be ranked"):
         ranking.best(ranked)
+
+
+def test_the_searchs_best_objective_leaves_out_epochs_no_policy_may_select():
+    """The parent's best_fid is a value the champion can have: a@0's FID 1.0 belongs to a
+    constant image, so the search's best is a@1's 2.0 (over every epoch it would read 1.0)."""
+    logged = {}
+
+    class Client:
+        def log_metric(self, run_id, key, value):
+            logged[key] = value
+
+    ranked = ranking.rank(_epochs(constant_frac=[1.0, 0.0, 0.0]), "staged")
+    finalize.log_summary_metrics(Client(), "parent", ranked, {"diverged": [("b", "nan")]},
+                                 ("fid", "min"))
+    assert logged["best_fid"] == 2.0 and logged["trials_diverged"] == 1.0
+    everything_collapsed = ranking.rank(_epochs(constant_frac=[1.0, 1.0, 1.0]), "staged")
+    logged.clear()
+    finalize.log_summary_metrics(Client(), "parent", everything_collapsed, {}, ("fid", "min"))
+    assert "best_fid" not in logged and logged["trials_finished"] == 0.0
 
 
 def test_epochs_whose_generator_was_not_kept_or_whose_trial_was_killed_are_not_ranked():

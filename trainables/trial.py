@@ -77,7 +77,10 @@ class TrialSettings:
 
     @property
     def resolution_channels(self) -> tuple[int, int]:
-        return int(self.base.get("resolution", 64)), int(self.base.get("channels", 1))
+        # The trial's own config defaults (they differ: a GAN is grey, a classifier RGB).
+        defaults = GANConfig if self.is_gan else ClassifierConfig
+        return (int(self.base.get("resolution", defaults.resolution)),
+                int(self.base.get("channels", defaults.channels)))
 
 
 def run_trial(config: dict, settings: TrialSettings, ctx: RunContext) -> list[dict]:
@@ -91,7 +94,9 @@ def run_trial(config: dict, settings: TrialSettings, ctx: RunContext) -> list[di
 
 def run_classifier_trial(config: dict, settings: TrialSettings, ctx: RunContext) -> list[dict]:
     cfg = ClassifierConfig.from_dict({**settings.base, **config})
-    return train_classifier(cfg, ctx)
+    published = (load_selection(settings, cfg.resolution, cfg.channels)
+                 if settings.data_bundle else None)
+    return train_classifier(cfg, ctx, published=published)
 
 
 def load_selection(settings: TrialSettings, resolution: int, channels: int):

@@ -39,8 +39,6 @@ def preflight_data(settings: TrialSettings) -> TrialSettings:
 def publish_data(settings: TrialSettings, storage: str) -> TrialSettings:
     """Publish the search's fit/val images under the storage (`trainables.data.bundle`), so
     that trials on any node read them from there and never from this machine's data path."""
-    if not settings.is_gan:
-        return settings  # the classifier trainable reads its data source itself
     resolution, channels = settings.resolution_channels
     fit, val = load_selection(settings, resolution, channels)  # the decoded cache: no decoding
     try:

@@ -47,18 +47,30 @@ def split_roles(cfg: ClassifierConfig) -> tuple[tuple[str, ...], str]:
         raise ValueError(f"{cfg.source}: {exc}") from None
 
 
-def load_selection_data(cfg: ClassifierConfig):
+def load_selection_data(cfg: ClassifierConfig, published=None):
     """(train images, train labels, val images, val labels, classes) -- never the test split
     (see `split_roles`).  With cfg.folds = k, the selection data are pooled and fold
-    cfg.fold is the validation part (S1's 4-fold cross-validation)."""
-    roles, _ = split_roles(cfg)
-    sets = [load_image_set(cfg.source, s, **_data_kwargs(cfg)) for s in roles]
+    cfg.fold is the validation part (S1's 4-fold cross-validation).  `published`: the
+    (fit, val) ImageSets a search's driver published for its trials (`data.bundle`, the same
+    selection rule), read instead of cfg.source so that a trial needs no data of its own."""
+    if published is not None and not cfg.folds:
+        fit, val = published
+        return fit.images, fit.labels, val.images, val.labels, fit.classes
+    if published is not None:
+        sets = list(published)
+    else:
+        roles, _ = split_roles(cfg)
+        sets = [load_image_set(cfg.source, s, **_data_kwargs(cfg)) for s in roles]
     classes = sets[0].classes
     if len(sets) == 2 and not cfg.folds:
         return sets[0].images, sets[0].labels, sets[1].images, sets[1].labels, classes
     images = np.concatenate([np.asarray(s.images) for s in sets])
     labels = np.concatenate([s.labels for s in sets])
     if cfg.folds:
+        # Folds over the pooled images in path order: the same folds whether the pool was
+        # read from the source's splits or from a published (fit, val) pair.
+        order = np.argsort(np.array([p for s in sets for p in s.paths], dtype=object), kind="stable")
+        images, labels = images[order], labels[order]
         fold = stratified_folds(labels, cfg.folds, seed=0)  # fixed: folds equal across seeds
         v = fold == cfg.fold
     else:
@@ -141,15 +153,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def train_classifier(cfg: ClassifierConfig | dict, ctx: RunContext, *,
-                     synth: Synth | None = None) -> list[dict]:
+                     synth: Synth | None = None, published=None) -> list[dict]:
     """Train one classifier; report once per epoch (with a checkpoint dir); stop early when
     the validation loss has not improved for ``cfg.patience`` epochs.  The best epoch's
     weights go to run_dir/best.pt.  With cfg.evaluate_test the best model is then evaluated
     on the test split once (`evaluate_final`) and its metrics join the last history row.
-    ``synth`` makes GAN images for the GAN strategies.  Returns the per-epoch metrics."""
+    ``synth`` makes GAN images for the GAN strategies; ``published`` is the search's
+    published (fit, val) pair (see `load_selection_data`).  Returns the per-epoch metrics."""
     cfg = ClassifierConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     torch.manual_seed(cfg.seed)
-    x_tr, y_tr, x_va, y_va, classes = load_selection_data(cfg)
+    x_tr, y_tr, x_va, y_va, classes = load_selection_data(cfg, published)
     k = len(classes)
     if synth is None and cfg.strategy in GAN_STRATEGIES and cfg.gan_checkpoint:
         synth = synth_from_checkpoint(cfg.gan_checkpoint, resolution=cfg.resolution,

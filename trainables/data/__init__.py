@@ -12,7 +12,6 @@ $CXR_SPLIT_ACCESS_LOG to a file and every process appends "fingerprint split pid
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ __all__ = ["DataError", "ImageSet", "Manifest", "PositionalAugment", "Preprocess
            "split_access_log",
            "to_tensor"]
 
-log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 ACCESS_LOG_ENV = "CXR_SPLIT_ACCESS_LOG"
 _ACCESS_LOG: list[tuple[str, str]] = []
