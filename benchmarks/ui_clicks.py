@@ -173,8 +173,8 @@ def click_through(browser: str, base: str, facts: dict, out: Path) -> list[Targe
                  ("sample grid of the best epoch", "3_best_grid"),
                  ("registered champion", "4_champion")), (best_trial, best_grid, champion)):
             try:
-                tab, clicks, evidence = walk()
-                targets.append(Target(name, clicks, True, shot(tab, screenshot), evidence))
+                tab, count, evidence = walk()
+                targets.append(Target(name, count, True, shot(tab, screenshot), evidence))
             except PlaywrightError as exc:  # not reached: say where it stopped, with a picture
                 last = page.context.pages[-1]
                 targets.append(Target(name, 0, False, shot(last, screenshot),
