@@ -30,9 +30,11 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.cli.search import config_from_args
-from orchestrator.config import ConfigError, parse_minority
+from orchestrator.config import ConfigError
 from orchestrator.pipeline import run_search
-from orchestrator.study import paired_markdown, rare_class_source
+from orchestrator.study import config as study_config
+from orchestrator.study import driver as study_driver
+from trainables.classifier.study import paired_markdown, rare_class_source
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid19-radiography-subset"
 MINORITY = "COVID-19=0.2"
@@ -61,15 +63,15 @@ def run(budget: str, data: Path, out: Path) -> dict:
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
     gan_name, study_name = f"answer-gan-{budget}-{stamp}", f"answer-study-{budget}-{stamp}"
     # The folder the study's --minority makes (same source, same rule, same place).
-    rare, counts = rare_class_source(data, parse_minority(MINORITY))
+    rare, counts = rare_class_source(data, study_config.parse_minority(MINORITY))
     t0 = time.perf_counter()
     gan = run_search(config_from_args(["acgan", "--data", str(rare), "--name", gan_name,
                                        *BUDGETS[budget]["gan"], *common]))
     t1 = time.perf_counter()
     try:
-        study = run_search(config_from_args(["classifier", "--data", str(data), "--minority",
-                                             MINORITY, "--gan-search", gan_name, "--name",
-                                             study_name, *BUDGETS[budget]["study"], *common]))
+        study = study_driver.run(study_config.config_from_args(
+            ["--data", str(data), "--minority", MINORITY, "--gan-search", gan_name, "--name",
+             study_name, *BUDGETS[budget]["study"], *common]))
     except ConfigError as exc:  # e.g. the GAN search registered no generator
         raise SystemExit(f"error: {exc}") from exc
     t2 = time.perf_counter()

@@ -15,7 +15,6 @@ Numbers are printed as ratios because this machine is noisy.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile

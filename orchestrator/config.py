@@ -27,9 +27,6 @@ SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval
 SMOKE_EVAL = {"metrics": ("fid", "kid", "cas", "visual"), "n_fake": 48}
 FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual")}
 SMOKE_CLASSIFIER = {"resolution": 32, "channels": 1, "epochs": 3, "n_boot": 100}
-SMOKE_STUDY = {"resolution": 32, "epochs": 2, "seeds": (0,), "n_boot": 200, "channels": 1}
-FULL_STUDY = {"resolution": 112, "epochs": 50, "seeds": (0, 1, 2), "n_boot": 1000,
-              "channels": 3}
 
 
 class ConfigError(RuntimeError):
@@ -62,19 +59,13 @@ class SearchConfig:
     execution: str = "auto"  # auto | function | train
     eval_metrics: Optional[str] = None
     eval_every: Optional[int] = None
-    strategies: str = "all"
     duplicates: str = "drop"  # byte-identical images under two names: drop | error | keep
     skip_bad: bool = False  # skip unreadable images (listed in skipped.csv), else an error
-    tune: bool = False  # classifier: Tune search of hyper-parameters instead of the study
+    tune: bool = False  # classifier: Tune search (`search classifier` without it: the study)
     no_pretrained: bool = False  # classifier: VGG16/ResNet50 from scratch, no ImageNet weights
     keep_epochs: int = 5  # per trial: generator weights of this many best epochs are kept
     asha_grace: float = 0.25  # ASHA's grace period, as a share of the epochs
     force: bool = False  # --resume even if the settings or the data differ from the first run
-    # study: the GAN strategies' generator, models:/NAME@ALIAS or NAME/VERSION (other data:
-    # only with force)
-    generator: Optional[str] = None
-    gan_search: Optional[str] = None  # study: use the generator this search registered
-    minority: Optional[str] = None  # study: "CLASS=SHARE[,...]", class rare in training only
     min_diversity: Optional[float] = None  # collapse limit for selection; None: by budget
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
 
@@ -121,43 +112,9 @@ def validate(cfg: SearchConfig) -> None:
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-    validate_study_options(cfg)
     storage = cfg.storage
     if "://" in storage and not storage.startswith(("s3://", "gs://", "file://", "abfs://")):
         raise ValueError(f"--storage {storage!r}: use a local path, s3://… or gs://…")
-
-
-def validate_study_options(cfg: SearchConfig) -> None:
-    """--generator, --gan-search and --minority belong to the classifier study."""
-    given = [flag for flag, value in (("--generator", cfg.generator),
-                                      ("--gan-search", cfg.gan_search),
-                                      ("--minority", cfg.minority)) if value]
-    if given and (cfg.experiment != "classifier" or cfg.tune):
-        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
-                         "to the classifier study only "
-                         "(`search classifier` without --tune); a GAN for a study with "
-                         "--minority is trained on the data folder the study prints")
-    if cfg.generator and cfg.gan_search:
-        raise ValueError("give --generator or --gan-search, not both")
-    if cfg.minority:
-        parse_minority(cfg.minority)
-
-
-def parse_minority(text: str) -> dict[str, float]:
-    """`"COVID-19=0.2"` or `"COVID-19=0.2,Normal=0.5"` -> {class: share of its training
-    images kept}; a share must be in (0, 1).  Class names are checked against the data later."""
-    out = {}
-    for item in (part.strip() for part in text.split(",")):
-        name, _, value = item.partition("=")
-        try:
-            share = float(value)
-        except ValueError:
-            share = float("nan")
-        if not name.strip() or not 0 < share < 1:
-            raise ValueError(f"--minority {item!r}: expected CLASS=SHARE with SHARE in (0, 1), "
-                             "e.g. --minority COVID-19=0.2 (keep 20 % of its training images)")
-        out[name.strip()] = share
-    return out
 
 
 def default_name(cfg: SearchConfig) -> str:

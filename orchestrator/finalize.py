@@ -232,7 +232,6 @@ def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) ->
     shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in METRICS if k in metrics)
     exp = run.info.experiment_id if run else None
     run_link = f"[{run.info.run_name}]({ui_link(exp, run.info.run_id)})" if run else ""
-    grid = grid_artifact(epoch)
     links = [f"[sample grid of epoch {epoch}]({ui_link(exp, run.info.run_id, grid_artifact(epoch))})"
              if run else "",
              (f"[registered generator {registered['name']} version {registered['version']} "

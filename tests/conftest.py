@@ -67,12 +67,13 @@ def smoke_store(tmp_path_factory, covid3_dir):
     common = ["--smoke", "--data", str(covid3_dir),
               "--storage", str(root / "ray_results"), "--mlflow-uri", uri]
     runs = {}
-    for name, experiment in (("smoke-acgan", "acgan"), ("smoke-study", "classifier")):
+    for name, command in (("smoke-acgan", ["orchestrator.search", "acgan"]),
+                          ("smoke-study", ["orchestrator.study"])):
         start = time.time()
         # Every process of the run (driver, Ray workers) appends the splits it reads here.
         run_env = dict(env, CXR_SPLIT_ACCESS_LOG=str(root / f"{name}-splits.log"))
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.search", experiment,
-                               "--name", name, *common], cwd=root, env=run_env,
+        proc = subprocess.run([sys.executable, "-m", *command, "--name", name, *common],
+                              cwd=root, env=run_env,
                               capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, (name, proc.stdout[-4000:], proc.stderr[-4000:])
         runs[name] = SimpleNamespace(stdout=proc.stdout, stderr=proc.stderr,

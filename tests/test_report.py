@@ -16,6 +16,7 @@ import pytest
 from orchestrator import plots, view
 from orchestrator.cli import report as report_cli
 from orchestrator.store import reader
+from orchestrator.study import store as study_store
 
 SEARCH = "fake-acgan-search"
 # trial -> per-epoch (g_loss, d_loss, fid, kid, cas_acc)
@@ -201,15 +202,15 @@ def test_unloadable_real_data_is_reported_not_hidden(bare_store, tmp_path):
 
 
 def test_study_loader(store, bare_store, tmp_path):
-    study = reader.load_study("latest", store[0], tmp_path / "dl")
+    study = study_store.load_study("latest", store[0], tmp_path / "dl")
     assert list(study.table["strategy"]) == ["baseline", "gan_oversample"]
     assert len(study.confusion) == 1 and study.confusion[0].is_file()
     assert any("gradcam" in m for m in study.missing)
     assert any("table.md" in m for m in study.missing)
-    empty = reader.load_study("latest", bare_store[0], tmp_path / "dl2", missing_ok=True)
+    empty = study_store.load_study("latest", bare_store[0], tmp_path / "dl2", missing_ok=True)
     assert empty.run_id is None and "no study run" in empty.missing[0]
     with pytest.raises(reader.StoreError, match="no study run"):
-        reader.load_study("latest", bare_store[0], tmp_path / "dl3")
+        study_store.load_study("latest", bare_store[0], tmp_path / "dl3")
 
 
 # ------------------------------------------------------------------------------ pure functions

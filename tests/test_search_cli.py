@@ -145,14 +145,14 @@ def test_local_storage_is_refused_on_a_multi_machine_cluster():
 
 
 def test_classifier_study_takes_no_pretrained_and_set(tmp_path):
-    from orchestrator.run.settings import study_settings
+    from orchestrator.study.config import config_from_args, study_settings
 
-    cfg = search.config_from_args(["classifier", "--smoke", "--no-pretrained", "--set",
-                                   "model=vgg16", "--set", "dropout=0.3", "--set", "seeds=0,1"])
+    cfg = config_from_args(["--smoke", "--no-pretrained", "--set", "model=vgg16", "--set",
+                            "dropout=0.3", "--set", "seeds=0,1"])
     budget, base = study_settings(cfg)
     assert budget["model"] == "vgg16" and budget["seeds"] == (0, 1)
     assert base["pretrained"] is False and base["dropout"] == 0.3
-    bad = search.config_from_args(["classifier", "--smoke", "--set", "dropuot=0.3"])
+    bad = config_from_args(["--smoke", "--set", "dropuot=0.3"])
     with pytest.raises(config.ConfigError, match="unknown ClassifierConfig key"):
         study_settings(bad)
     with pytest.raises(ValueError, match="classifier experiment only"):
@@ -181,3 +181,28 @@ def test_the_inception_score_has_one_name():
     with pytest.raises(ValueError, match="unknown objective 'inception_score'"):
         search.SearchConfig(experiment="acgan", preset="s0",
                             objective="inception_score").objectives()
+
+
+def test_the_study_command_is_built_from_its_config():
+    """Issue 21: one option per StudyConfig field, so the two cannot drift; `search
+    classifier` (without --tune) is the same command under its old name."""
+    import dataclasses
+
+    from orchestrator.study.config import StudyConfig, build_parser, config_from_args
+
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    assert dests == {f.name for f in dataclasses.fields(StudyConfig)}
+    cfg = config_from_args(["--data", "D", "--minority", "COVID-19=0.2", "--set", "seeds=0,1",
+                            "--max-epochs", "3", "--force"])
+    assert (cfg.data, cfg.minority, cfg.overrides, cfg.max_epochs, cfg.force) == \
+        ("D", "COVID-19=0.2", ("seeds=0,1",), 3, True)
+    with pytest.raises(ValueError, match="not both"):
+        config_from_args(["--generator", "x", "--gan-search", "y"])
+
+
+def test_search_classifier_is_the_study(capsys):
+    assert search.main(["classifier", "--minority", "COVID-19=7"]) == 2
+    assert "--minority 'COVID-19=7'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the search has no study options
+        search.main(["classifier", "--tune", "--minority", "COVID-19=0.2"])
+    assert "unrecognized arguments: --minority" in capsys.readouterr().err

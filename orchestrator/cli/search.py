@@ -82,9 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted search --name (or the latest one)")
     p.add_argument("--force", action="store_true",
                    help="with --resume: continue even though the settings or the data's "
-                        "fingerprint differ from the first run's (the difference is recorded); "
-                        "classifier study: use a --generator trained on other data (recorded "
-                        "as a warning)")
+                        "fingerprint differ from the first run's (the difference is recorded)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the trials")
@@ -96,19 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated per-epoch evaluation metrics "
                         "(fid,kid,intra_fid,is,cas,visual); default depends on --smoke")
     p.add_argument("--eval-every", type=int, help="evaluate every k epochs")
-    p.add_argument("--strategies", default="all",
-                   help="classifier study: comma-separated imbalance strategies or 'all'")
-    p.add_argument("--generator", metavar="MODEL",
-                   help="classifier study: the generator of the GAN strategies, "
-                        "models:/NAME@ALIAS or models:/NAME/VERSION; its classes and data "
-                        "fingerprint must be the study's (default: the champion trained on "
-                        "the study's data)")
-    p.add_argument("--gan-search", metavar="NAME",
-                   help="classifier study: use the generator the GAN search NAME registered")
-    p.add_argument("--minority", metavar="CLASS=SHARE",
-                   help="classifier study: make CLASS rare in the training split only, "
-                        "keeping SHARE of its training images (e.g. COVID-19=0.2; "
-                        "comma-separate several); validation and test images are untouched")
     p.add_argument("--tune", action="store_true",
                    help="classifier: search its hyper-parameters (lr, batch size, dropout, "
                         "strategy) with Tune instead of running the strategy study")
@@ -135,11 +120,10 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
         objective=args.objective, storage=args.storage, mlflow_uri=args.mlflow_uri,
         name=args.name, resume=args.resume, smoke=args.smoke, seed=args.seed,
         policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
-        eval_every=args.eval_every, strategies=args.strategies, duplicates=args.duplicates, tune=args.tune,
+        eval_every=args.eval_every, duplicates=args.duplicates, tune=args.tune,
         skip_bad=args.skip_bad, no_pretrained=args.no_pretrained,
         keep_epochs=args.keep_epochs, asha_grace=args.asha_grace, force=args.force,
-        min_diversity=args.min_diversity, generator=args.generator,
-        gan_search=args.gan_search, minority=args.minority,
+        min_diversity=args.min_diversity,
         overrides=tuple(args.overrides))
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():
@@ -158,6 +142,12 @@ def _has_gpu() -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["classifier"] and "--tune" not in argv:
+        # `search classifier` is the study's old name: the study has its own command now
+        from orchestrator.study.cli import main as study_main
+
+        return study_main(argv[1:], prog="python -m orchestrator.search classifier")
     try:
         cfg = config_from_args(argv)
     except ValueError as exc:

@@ -1,12 +1,11 @@
-"""SearchConfig -> the fixed settings of every trial (`trainables.trial.TrialSettings`) and
-the classifier study's budget: presets, smoke budgets, `--set` overrides, validated as the
-trial's own config before anything starts."""
+"""SearchConfig -> the fixed settings of every trial (`trainables.trial.TrialSettings`):
+presets, smoke budgets, `--set` overrides, validated as the trial's own config before
+anything starts.  (The study's budget is `orchestrator.study.config`.)"""
 from __future__ import annotations
 
 from orchestrator import registry
-from orchestrator.config import (FULL_EVAL, FULL_STUDY, SMOKE_CLASSIFIER, SMOKE_EVAL,
-                                 SMOKE_GAN, SMOKE_STUDY, ConfigError, SearchConfig,
-                                 parse_overrides)
+from orchestrator.config import (FULL_EVAL, SMOKE_CLASSIFIER, SMOKE_EVAL, SMOKE_GAN,
+                                 ConfigError, SearchConfig, parse_overrides)
 from trainables.classifier.config import ClassifierConfig
 from trainables.gan import GANConfig, preset
 from trainables.gan.families import FAMILIES
@@ -69,26 +68,3 @@ def classifier_base_config(cfg: SearchConfig) -> dict:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"bad classifier configuration: {exc}") from exc
     return base
-
-
-def study_settings(cfg: SearchConfig) -> tuple[dict, dict]:
-    """(budget, ClassifierConfig fields) of the study, from the budget preset, --max-epochs,
-    --no-pretrained and --set KEY=VALUE; validated here, before anything trains."""
-    budget = {"model": "s0_cnn", **(SMOKE_STUDY if cfg.smoke else FULL_STUDY)}
-    if cfg.max_epochs:
-        budget["epochs"] = cfg.max_epochs
-    overrides = parse_overrides(cfg.overrides)
-    if "seeds" in overrides:  # --set seeds=0,1,2 (a YAML scalar "0,1,2" or one int)
-        budget["seeds"] = tuple(int(s) for s in str(overrides.pop("seeds")).split(","))
-    for key in ("resolution", "epochs", "model", "n_boot"):  # run_study's own arguments
-        if key in overrides:
-            budget[key] = overrides.pop(key)
-    base = {"duplicates": cfg.duplicates, "channels": budget["channels"],
-            **({"pretrained": False} if cfg.no_pretrained else {}), **overrides}
-    try:
-        ClassifierConfig.from_dict({**base, "source": cfg.data, "resolution": budget["resolution"],
-                                    "epochs": budget["epochs"], "model": budget["model"],
-                                    "n_boot": budget["n_boot"]})
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"bad classifier study configuration: {exc}") from exc
-    return budget, base

@@ -263,3 +263,8 @@ def remove_checkpoint_file(path: str, name: str, filesystem=None) -> bool:
         return False
     filesystem.delete_file(target)
     return True
+
+
+def numeric(values: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -19,10 +18,9 @@ from ray.tune import Callback
 from orchestrator.store.layout import (CONSTANT_PARAMS, LAST_EPOCH, PARENT, ROLE, STATUS,
                                        TRIAL_ID, dataset_input, epoch_tag, experiment_id,
                                        flatten,
-                                       grid_artifact, log_as, log_params, metric_key,
+                                       grid_artifact, log_params, metric_key, numeric,
                                        read_checkpoint_file, remove_checkpoint_file, short,
                                        source_tags, trial_runs)
-from trainables.classifier.config import GAN_STRATEGIES
 
 # The image key of the per-epoch sample grids (MLflow's image slider, one step per epoch).
 GRID_IMAGE_KEY = "grid"
@@ -50,11 +48,6 @@ def start_parent_run(client, search_name: str, params: dict, tags: dict,
                             tags={ROLE: role, **{k: str(v) for k, v in tags.items()}})
     log_params(client, run.info.run_id, params)
     return run.info.run_id
-
-
-def _numbers(values: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class MlflowSearchCallback(Callback):
@@ -177,7 +170,7 @@ class MlflowSearchCallback(Callback):
         """One batch per epoch: curves as `<group>/<name>` metrics at step `epoch`, constants
         as params the first time they appear, and the run's last epoch as a tag."""
         now = int(time.time() * 1000)
-        numbers = {k: v for k, v in _numbers(result).items() if k not in _TUNE_KEYS and v == v}
+        numbers = {k: v for k, v in numeric(result).items() if k not in _TUNE_KEYS and v == v}
         metrics = [Metric(metric_key(k), v, now, epoch) for k, v in numbers.items()
                    if k not in CONSTANT_PARAMS]
         logged = self._logged_params(run_id)
@@ -218,76 +211,3 @@ class MlflowSearchCallback(Callback):
             if (trial_id, epoch) not in self._stripped:
                 remove_checkpoint_file(self.checkpoints[(trial_id, epoch)], STATE_FILE, filesystem)
                 self._stripped.add((trial_id, epoch))
-
-
-# ------------------------------------------------------------------------------ study
-def study_run_logger(client, search_name: str, parent: str,
-                     generator_tags: dict[str, str] | None = None):
-    """A `run_study` callback: one MLflow run per (strategy, seed) as it finishes; the runs
-    of the GAN strategies carry ``generator_tags`` (which generator version and epoch)."""
-    experiment = client.get_experiment_by_name(search_name).experiment_id
-
-    def callback(kind: str, payload: dict) -> None:
-        if kind == "run":
-            _log_study_run(client, experiment, parent, payload, generator_tags or {})
-
-    return callback
-
-
-def _log_study_run(client, experiment: str, parent: str, payload: dict,
-                   generator_tags: dict[str, str]) -> None:
-    row, config = payload["metrics"], payload["config"]
-    label = f"{config['strategy']}-seed{config['seed']}"
-    run = client.create_run(experiment, run_name=label, tags={
-        ROLE: "study_run", PARENT: parent, "strategy": config["strategy"],
-        # what the model really started from, not the flag: a custom CNN never loads
-        # ImageNet weights
-        "pretrained": str(bool(row.get("pretrained"))),
-        **(generator_tags if config["strategy"] in GAN_STRATEGIES else {})})
-    run_id = run.info.run_id
-    log_params(client, run_id, flatten("", config))
-    now = int(time.time() * 1000)
-    metrics = [Metric(metric_key(key), value, now, epoch)
-               for epoch, history in enumerate(payload["history"])
-               for key, value in _numbers(history).items() if key != "epoch"]
-    metrics += [Metric(metric_key(key if key.startswith("test") else f"test_{key}"), value, now, 0)
-                for key, value in _numbers(row).items()]
-    for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
-    run_dir = Path(row["run_dir"])
-    for name, folder in (("confusion_matrix.png", "confusion"), ("gradcam.png", "gradcam"),
-                         ("classification_report.txt", "report"),
-                         ("test_metrics.json", "report")):
-        if (run_dir / name).exists():
-            client.log_artifact(run_id, str(run_dir / name), artifact_path=folder)
-            log_as(client, parent, run_dir / name, folder, f"{label}{Path(name).suffix}")
-    client.set_terminated(run_id, "FINISHED")
-
-
-def log_study_table(client, parent: str, run_dir: Path, markdown: str, best_strategy: str,
-                    paired: pd.DataFrame | None = None) -> None:
-    """The study's table (Markdown, CSV, per-run CSV) and its paired differences
-    (`study/paired.{csv,md}`, and per pair the metrics `<strategy>_vs_<reference>/<name>`)
-    on its parent run, which then ends."""
-    for name, logged in (("study.md", "table.md"), ("study.csv", "table.csv"),
-                         ("study_runs.csv", "runs.csv"), ("study_paired.csv", "paired.csv"),
-                         ("study_paired.md", "paired.md")):
-        if (run_dir / name).exists():
-            log_as(client, parent, run_dir / name, "study", logged)
-    note = markdown
-    if paired is not None and len(paired):
-        _log_paired_metrics(client, parent, paired)
-        note += "\n" + "\n".join(f"- {v}" for v in paired["verdict"]) + "\n"
-    client.set_tag(parent, "mlflow.note.content", note)
-    client.set_tag(parent, "cxr.best_strategy", best_strategy)
-    client.set_terminated(parent, "FINISHED")
-
-
-def _log_paired_metrics(client, parent: str, paired: pd.DataFrame) -> None:
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"{row['strategy']}_vs_{row['reference']}/{key}", value, now, 0)
-               for row in paired.to_dict("records")
-               for key, value in _numbers(row).items()
-               if key not in ("seeds", "n_test") and value == value]
-    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
-        client.log_batch(parent, metrics=metrics[start:start + 1000])

@@ -1,0 +1,5 @@
+import sys
+
+from orchestrator.study.cli import main
+
+sys.exit(main())
