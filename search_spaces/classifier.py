@@ -2,7 +2,8 @@
 optimizer (Adam, or S1's SGD + Nesterov) and the imbalance strategy without a GAN."""
 from __future__ import annotations
 
-STRATEGIES = ["none", "class_weights", "undersample", "oversample_positional"]
+# The strategies that need no GAN (trainables.classifier.config.STRATEGIES has them all).
+STRATEGIES = ["none", "class_weights", "undersample", "oversample", "positional"]
 PBT_MUTATIONS = {"lr": (1e-5, 1e-2), "dropout": (0.0, 0.7)}
 
 

@@ -7,10 +7,23 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from trainables.classifier.gradcam import gradcam, save_gradcam_png
-from trainables.classifier.metrics import (accuracy, bootstrap_ci, classification_metrics,
-                                           confusion, per_class, save_confusion_png)
-from trainables.classifier.strategies import (balanced_weights, build_train_set,
-                                              synth_from_generator, to_uint8_nhwc)
+from trainables.classifier.metrics import (
+    accuracy,
+    bootstrap_ci,
+    classification_metrics,
+    confusion,
+    mcnemar,
+    mcnemar_per_seed,
+    per_class,
+    save_confusion_png,
+    seed_interval,
+)
+from trainables.classifier.strategies import (
+    balanced_weights,
+    build_train_set,
+    synth_from_generator,
+    to_uint8_nhwc,
+)
 
 
 def test_per_class_metrics_on_an_analytic_confusion_matrix():
@@ -45,6 +58,23 @@ def test_bootstrap_ci_is_degenerate_for_perfect_predictions_and_brackets_the_poi
     assert bootstrap_ci(y, preds, accuracy, n_boot=500, seed=0) == (point, lo, hi)
 
 
+def test_mcnemar_tests_one_pair_and_refuses_to_pool_seeds():
+    y = np.zeros(30, dtype=int)
+    a, b = y.copy(), np.where(np.arange(30) < 10, 1, 0)  # a alone is right on 10 images
+    assert mcnemar(y, a, b) == (10, 0, pytest.approx(2 * 0.5 ** 10))
+    assert mcnemar(y, a[None], b[None])[:2] == (10, 0) and mcnemar(y, a, a) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="mcnemar_per_seed"):
+        mcnemar(y, np.stack([a, a]), np.stack([b, b]))
+    assert mcnemar_per_seed(y, np.stack([a, a]), np.stack([b, a])).a_only.tolist() == [10, 0]
+
+
+def test_seed_interval_is_reexported_and_stays_in_the_unit_interval():
+    y = np.repeat([0, 1], 20)
+    preds = np.stack([np.where(np.arange(40) < k, 1 - y, y) for k in (0, 1, 2)])  # 1.0, .975, .95
+    iv = seed_interval(y, preds, accuracy, n_boot=200)
+    assert iv.point == pytest.approx(0.975) and 0 <= iv.low < iv.point < iv.high <= 1
+
+
 def _toy(counts=(12, 6, 3), res=8):
     labels = np.repeat(np.arange(len(counts)), counts)
     images = np.random.default_rng(0).integers(0, 255, (len(labels), res, res, 1), dtype=np.uint8)
@@ -56,20 +86,24 @@ def _stand_in_synth(c, n, seed):
     return np.full((n, 8, 8, 1), 200 + c, dtype=np.uint8)
 
 
-@pytest.mark.parametrize("strategy,counts,n_aug,n_syn", [
-    ("none", [12, 6, 3], 0, 0),
-    ("class_weights", [12, 6, 3], 0, 0),
-    ("undersample", [3, 3, 3], 0, 0),
-    ("oversample_positional", [12, 12, 12], 15, 0),
-    ("oversample_gan", [12, 12, 12], 0, 15),
-    ("gan_positional", [12, 12, 12], 24, 15),
+@pytest.mark.parametrize("strategy,counts,augment,n_syn", [
+    ("none", [12, 6, 3], False, 0),
+    ("class_weights", [12, 6, 3], False, 0),
+    ("undersample", [3, 3, 3], False, 0),
+    ("oversample", [12, 12, 12], False, 0),
+    ("positional", [12, 12, 12], True, 0),
+    ("gan", [12, 12, 12], False, 15),
+    ("gan_positional", [12, 12, 12], True, 15),
+    ("gan_balanced", [12, 12, 12], False, 27),
 ])
-def test_strategies_balance_the_classes(strategy, counts, n_aug, n_syn):
+def test_strategies_balance_the_classes(strategy, counts, augment, n_syn):
     images, labels = _toy()
     ts = build_train_set(images, labels, 3, strategy, synth=_stand_in_synth, seed=0)
-    assert np.bincount(ts.labels, minlength=3).tolist() == counts
-    assert int(ts.augment.sum()) == n_aug and int(ts.synthetic.sum()) == n_syn
-    assert ts.images.shape == (sum(counts), 8, 8, 1)
+    rows = ts.epoch_rows(torch.Generator().manual_seed(0))
+    assert np.bincount(ts.labels[rows], minlength=3).tolist() == counts == [len(ts) // 3] * 3 \
+        or strategy in ("none", "class_weights")
+    assert ts.augment is augment and int(ts.synthetic.sum()) == n_syn
+    assert ts.images[rows].shape == (sum(counts), 8, 8, 1)
     if n_syn:  # synthetic rows carry their class's stand-in value
         assert (ts.images[ts.synthetic][:, 0, 0, 0] == 200 + ts.labels[ts.synthetic]).all()
     if strategy == "class_weights":
@@ -79,12 +113,12 @@ def test_strategies_balance_the_classes(strategy, counts, n_aug, n_syn):
 
 def test_gan_ratio_and_errors():
     images, labels = _toy()
-    ts = build_train_set(images, labels, 3, "oversample_gan", synth=_stand_in_synth, gan_ratio=0.5)
+    ts = build_train_set(images, labels, 3, "gan", synth=_stand_in_synth, gan_ratio=0.5)
     assert np.bincount(ts.labels).tolist() == [12, 6, 6]
     with pytest.raises(ValueError, match="needs a GAN generator"):
-        build_train_set(images, labels, 3, "oversample_gan")
+        build_train_set(images, labels, 3, "gan")
     with pytest.raises(ValueError, match="expected uint8"):
-        build_train_set(images, labels, 3, "oversample_gan",
+        build_train_set(images, labels, 3, "gan",
                         synth=lambda c, n, s: np.zeros((n, 4, 4, 1), np.uint8))
 
 

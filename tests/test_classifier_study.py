@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from orchestrator.study import run_study, study_markdown
+from trainables.classifier.study import run_study, study_markdown
 from trainables.classifier import ClassifierConfig, evaluate_final, train_classifier
 from trainables.classifier.train import load_selection_data, split_roles, stratified_folds
 from trainables.context import standalone_context
@@ -74,22 +75,33 @@ def test_study_end_to_end_with_a_gan(covid3_dir, tmp_path):
     table = run_study(covid3_dir, "all", _tiny_acgan(32), resolution=24, epochs=1, seeds=(0,),
                       run_dir=tmp_path, base=base, n_boot=200,
                       callback=lambda e, p: events.append(e))
-    assert list(table["strategy"]) == ["none", "class_weights", "undersample",
-                                       "oversample_positional", "oversample_gan",
-                                       "gan_positional"]
+    assert list(table["strategy"]) == ["none", "class_weights", "undersample", "oversample",
+                                       "positional", "gan", "gan_positional", "gan_balanced"]
     for name in ("accuracy", "macro_f1"):
         assert ((table[f"{name}_ci_low"] <= table[name]) & (table[name] <= table[f"{name}_ci_high"])).all()
     runs = table.attrs["runs"]
-    assert (runs.loc[runs.strategy == "oversample_gan", "n_synthetic"] > 0).all()
+    assert (runs.loc[runs.strategy == "gan", "n_synthetic"] > 0).all()
     assert (runs.loc[runs.strategy == "none", "n_synthetic"] == 0).all()
-    assert events == ["run"] * 6 + ["table"]
+    assert events == ["run"] * 8 + ["table"]
     md = study_markdown(table)
-    assert md.count("\n| ") == 7 and "gan_positional" in md
+    # the strategy table (header + 8) and the per-class table (header + 8 x 3 classes)
+    assert md.count("\n| ") == 9 + 25 and "gan_positional" in md
     assert (tmp_path / "study.md").read_text() == md
-    # every strategy against no rebalancing (5) and against positional oversampling (4 more)
+    for name in ("macro_auroc", "sensitivity/COVID-19", "specificity/Normal", "auroc/Normal"):
+        assert ((table[f"{name}_ci_low"] <= table[name]) & (table[name] <= table[f"{name}_ci_high"])).all()
+    # chosen on validation, never on test
+    assert table.attrs["best_strategy"] == table.loc[table["val_macro_f1"].idxmax(), "strategy"]
+    composition = pd.read_csv(tmp_path / "composition.csv")
+    assert list(composition.columns) == ["strategy", "class", "real", "synthetic", "augmented_share"]
+    assert set(composition["strategy"]) == set(table["strategy"])
+    assert (composition.groupby("strategy")["augmented_share"].nunique() == 1).all()
+    assert (composition.loc[composition.strategy == "none", "synthetic"] == 0).all()
+    # every strategy against no rebalancing (7) and against positional oversampling (6 more)
     paired = table.attrs["paired"]
-    assert len(paired) == 9 and set(paired["reference"]) == {"none", "oversample_positional"}
+    assert len(paired) == 13 and set(paired["reference"]) == {"none", "positional"}
     assert paired["verdict"].str.contains("macro-F1 points").all()
+    assert paired["verdict"].str.contains("Holm-adjusted p").all()
+    assert {"macro_auroc_diff", "macro_f1_diff_p_holm", "mcnemar_p_per_seed"} <= set(paired.columns)
     assert (tmp_path / "study_paired.csv").is_file()
 
 
@@ -103,7 +115,7 @@ def test_gan_strategy_from_a_checkpoint_in_the_config(covid3_dir, tmp_path):
                           ("other", ("A", "B", "C"))):
         (tmp_path / name).mkdir()
         save_generator(tmp_path / name, build_generator(gcfg, 3), gcfg, classes, (0, 1, 2))
-    small = {**SMALL, "resolution": 24, "strategy": "oversample_gan"}
+    small = {**SMALL, "resolution": 24, "strategy": "gan"}
     cfg = ClassifierConfig(source=str(covid3_dir), gan_checkpoint=str(tmp_path / "ok"), **small)
     history = train_classifier(cfg, standalone_context(tmp_path / "run"))
     counts = np.bincount(load_selection_data(cfg)[1], minlength=3)

@@ -52,10 +52,15 @@ def test_covid3_duplicates_are_found_and_recorded(covid3_dir, cache):
 def test_covid3_dropping_copies_keeps_the_training_one(covid3_dir, cache, capsys):
     sets = {s: load_image_set(covid3_dir, s, resolution=32, cache_dir=cache, duplicates="drop")
             for s in ("train", "val")}
-    assert "dropped 10 byte-identical copies" in capsys.readouterr().out
-    assert len(sets["train"]) + len(sets["val"]) == 317 - 10
+    out = capsys.readouterr().out
+    assert "dropped 10 byte-identical copies" in out
+    # ... and one val image that is a re-encoded copy of a training image (near-duplicate:
+    # val/Covid/0112.jpg ~ train/Covid/090.jpeg, correlation 0.994 at 32 px)
+    assert "near-duplicates: 1 images across splits (val 1;" in out
+    assert len(sets["train"]) + len(sets["val"]) == 317 - 10 - 1
     dups = pd.read_csv(Path(sets["train"].manifest_dir) / "duplicates.csv")
-    assert (dups["action"] == "dropped").sum() == 10 and (dups["action"] == "kept").sum() == 10
+    assert (dups["action"] == "dropped").sum() == 10 and (dups["action"] == "kept").sum() == 9
+    assert (dups["action"] == "dropped as near-duplicate").sum() == 1  # the val copy above
     # each of the 6 train/val groups lost its val copy: no test image is also trained on
     cross = dups.groupby("content_hash")["split"].nunique() > 1
     lost = dups[dups["content_hash"].isin(cross[cross].index) & (dups["action"] == "dropped")]

@@ -130,16 +130,21 @@ def test_classifier_study_uses_the_searched_generator(smoke_store):
     session, and produces the strategy table with confidence intervals."""
     run = smoke_store.runs[smoke_store.study]
     assert "GAN strategies use models:/cxr-acgan-generator@champion" in run.stdout
-    assert "| strategy | seeds | accuracy (95 % CI) | macro F1 (95 % CI) |" in run.stdout
+    assert "| strategy | seeds | accuracy (95 % CI) | macro F1 (95 % CI) | macro AUROC (95 % CI) " \
+        "| val macro F1 |" in run.stdout
+    assert "| strategy | class | sensitivity (95 % CI) | specificity (95 % CI) |" in run.stdout
     client, _, _ = mlflow_runs(smoke_store.uri, smoke_store.search)
     experiment = client.get_experiment_by_name(smoke_store.study)
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     parent = [r for r in runs if r.data.tags.get("cxr.role") == "study"][0]
     strategies = {r.data.tags["strategy"] for r in runs if r.data.tags.get("cxr.role") == "study_run"}
-    assert strategies == {"none", "class_weights", "undersample", "oversample_positional",
-                          "oversample_gan", "gan_positional"}
+    assert strategies == {"none", "class_weights", "undersample", "oversample", "positional",
+                          "gan", "gan_positional", "gan_balanced"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
-    assert {"study/table.md", "study/table.csv"} <= artifacts
+    assert {"study/table.md", "study/table.csv", "study/composition.csv"} <= artifacts
+    # the strategy tag is chosen on validation (never on test)
+    assert parent.data.tags["cxr.best_strategy"] in strategies
+    assert "study/none/macro_auroc" in parent.data.metrics
     table = client.download_artifacts(parent.info.run_id, "study/table.csv", str(smoke_store.root))
     import pandas as pd
 

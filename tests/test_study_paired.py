@@ -11,13 +11,15 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from orchestrator import pipeline
 from orchestrator.cli import search
-from orchestrator.config import ConfigError, SearchConfig, parse_minority
+from orchestrator.config import ConfigError, SearchConfig
+from orchestrator.study import driver
+from orchestrator.study.config import StudyConfig, parse_minority
 from orchestrator.store.models import RegisteredGenerator, register_generator
-from orchestrator.study import (compare, data_fingerprint, paired_markdown, rare_class_source,
+from trainables.classifier.study import (compare, data_fingerprint, paired_markdown, rare_class_source,
                                 run_study, verdict)
-from trainables.classifier.metrics import accuracy, macro_f1, mcnemar, paired_bootstrap
+from trainables.classifier.metrics import (accuracy, macro_f1, mcnemar, mcnemar_per_seed,
+                                           paired_bootstrap)
 from trainables.classifier.strategies import keep_share
 from trainables.data import load_image_set
 from trainables.data.selection import load_selection_sets
@@ -95,32 +97,39 @@ def test_mcnemar_exact_values():
     assert mcnemar(y, a, a) == (0, 0, 1.0)
     c = _flip(y, np.arange(10, 20))
     assert mcnemar(y, b, c)[2] == pytest.approx(1.0)
-    # pooled over seeds: two seeds count twice
-    assert mcnemar(y, np.stack([a, a]), np.stack([b, b]))[:2] == (20, 0)
+    # several seeds: one test per seed, never pooled (the seeds' predictions of one image
+    # are not independent pairs)
+    with pytest.raises(ValueError, match="mcnemar_per_seed"):
+        mcnemar(y, np.stack([a, a]), np.stack([b, b]))
+    per_seed = mcnemar_per_seed(y, np.stack([a, a]), np.stack([b, b]))
+    assert list(per_seed.a_only) == [10, 10] and per_seed.p[0] == pytest.approx(2 * 0.5 ** 10)
 
 
-def test_verdicts_say_a_direction_only_when_the_ci_excludes_zero():
-    assert verdict("gan_positional", "oversample_positional", 0.023, 0.004, 0.041) == \
-        "GAN + positional beats positional oversampling by +2.3 macro-F1 points [+0.4, +4.1]"
-    assert verdict("undersample", "none", -0.05, -0.08, -0.01).startswith(
+def test_verdicts_say_a_direction_only_when_holm_says_so():
+    assert verdict("gan_positional", "positional", 0.023, 0.004, 0.041, 0.01, 9) == \
+        ("GAN + positional beats positional oversampling by +2.3 macro-F1 points [+0.4, +4.1] "
+         "(Holm-adjusted p = 0.01 over 9 comparisons)")
+    assert verdict("undersample", "none", -0.05, -0.08, -0.01, 0.003, 9).startswith(
         "undersampling is worse than no rebalancing by -5.0 macro-F1 points")
-    assert "no evidence of a difference (+0.5 macro-F1 points [-1.2, +2.0])" in \
-        verdict("oversample_gan", "none", 0.005, -0.012, 0.02)
+    # the unadjusted interval excludes 0, the Holm-adjusted p does not: no direction
+    assert "no evidence of a difference (+2.3 macro-F1 points [+0.4, +4.1]; Holm-adjusted " \
+        "p = 0.12 over 9 comparisons)" in verdict("gan", "none", 0.023, 0.004, 0.041, 0.12, 9)
 
 
 def test_compare_pairs_every_strategy_with_both_references_once():
     y = np.repeat([0, 1], 100)
     preds = {"none": list(_seeded_models(y, 40, 2, 10)),
-             "oversample_positional": list(_seeded_models(y, 40, 2, 11)),
+             "positional": list(_seeded_models(y, 40, 2, 11)),
              "gan_positional": list(_seeded_models(y, 5, 2, 12))}
     paired = compare(y, preds, 2, n_boot=300)
     assert list(zip(paired.strategy, paired.reference)) == [
-        ("oversample_positional", "none"), ("gan_positional", "none"),
-        ("gan_positional", "oversample_positional")]
+        ("positional", "none"), ("gan_positional", "none"),
+        ("gan_positional", "positional")]
     row = paired.iloc[2]
     assert row.accuracy_diff == pytest.approx(0.175) and row.accuracy_diff_ci_low > 0
     assert row.verdict.startswith("GAN + positional beats positional oversampling by +")
-    assert row.only_strategy_right > row.only_reference_right and row.mcnemar_p < 0.001
+    assert row.mcnemar_seeds_significant == 2  # both seeds' McNemar tests
+    assert row.macro_f1_diff_p_holm >= row.macro_f1_diff_p
     md = paired_markdown(paired)
     assert md.count("\n| ") == 4 and "- GAN + positional beats" in md
     assert compare(y, {"gan_positional": preds["gan_positional"]}, 2).empty
@@ -140,8 +149,9 @@ def test_minority_option_is_parsed_and_checked(capsys, tmp_path):
         with pytest.raises(ValueError, match="CLASS=SHARE"):
             parse_minority(bad)
     common = ["--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path)]
-    assert search.main(["acgan", "--smoke", "--minority", "COVID-19=0.2", *common]) == 2
-    assert "classifier study only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the GAN search has no study options
+        search.main(["acgan", "--smoke", "--minority", "COVID-19=0.2", *common])
+    assert "unrecognized arguments: --minority" in capsys.readouterr().err
     assert search.main(["classifier", "--smoke", "--generator", "x", "--gan-search", "y",
                         *common]) == 2
     assert "not both" in capsys.readouterr().err
@@ -181,28 +191,27 @@ def _generator(classes=COVID3, fingerprint="fp", resolution=16) -> RegisteredGen
                                path=Path("unused"))
 
 
-def _study_cfg(data, uri="sqlite:///unused.db", **kw) -> SearchConfig:
-    return SearchConfig(experiment="classifier", preset="s0", data=str(data), mlflow_uri=uri,
-                        **kw)
+def _study_cfg(data, uri="sqlite:///unused.db", **kw) -> StudyConfig:
+    return StudyConfig(data=str(data), mlflow_uri=uri, **kw)
 
 
 def test_the_check_refuses_other_classes_and_other_images(covid3_dir, monkeypatch):
     fp = data_fingerprint(covid3_dir, resolution=16, channels=1, duplicates="drop")
     data = str(covid3_dir)
-    found, warning = pipeline._checked_generator(_generator(fingerprint=fp), _study_cfg(data),
+    found, warning = driver._checked_generator(_generator(fingerprint=fp), _study_cfg(data),
                                                  data, COVID3)
     assert warning == ""
     with pytest.raises(ConfigError, match="classes .* are not the data's .*--force does not apply"):
-        pipeline._checked_generator(_generator(classes=("Normal", "Pneumonia")),
+        driver._checked_generator(_generator(classes=("Normal", "Pneumonia")),
                                     _study_cfg(data, force=True), data, COVID3)
     with pytest.raises(ConfigError, match="trained on other images .* add --force"):
-        pipeline._checked_generator(_generator(fingerprint="other"), _study_cfg(data), data,
+        driver._checked_generator(_generator(fingerprint="other"), _study_cfg(data), data,
                                     COVID3)
-    _, warning = pipeline._checked_generator(_generator(fingerprint="other"),
+    _, warning = driver._checked_generator(_generator(fingerprint="other"),
                                              _study_cfg(data, force=True), data, COVID3)
     assert "trained on other images" in warning and "--force" in warning
     with pytest.raises(ConfigError, match="records no data fingerprint"):
-        pipeline._checked_generator(_generator(fingerprint=None), _study_cfg(data), data, COVID3)
+        driver._checked_generator(_generator(fingerprint=None), _study_cfg(data), data, COVID3)
 
 
 @pytest.fixture
@@ -234,29 +243,29 @@ def test_the_study_takes_only_a_champion_of_its_own_data(covid3_dir, tmp_path, r
     fp = data_fingerprint(covid3_dir, resolution=16, channels=1, duplicates="drop")
     _register_search(tmp_path, uri, "gan-of-other-data", "fingerprint-of-other-images")
     with pytest.raises(ConfigError) as refused:
-        pipeline._generator_for_study(_study_cfg(data, uri), data, 16)
+        driver._generator_for_study(_study_cfg(data, uri), data, 16)
     for said in ("no registered champion was trained on this study's data",
                  "search 'gan-of-other-data'", "trained on other images", "--generator models:/",
                  "--gan-search NAME", f"search acgan --data {data}"):
         assert said in str(refused.value)
     with pytest.raises(ConfigError, match="other images"):
-        pipeline._generator_for_study(_study_cfg(data, uri, gan_search="gan-of-other-data"),
+        driver._generator_for_study(_study_cfg(data, uri, gan_search="gan-of-other-data"),
                                       data, 16)
     registered = _register_search(tmp_path, uri, "gan-of-this-data", fp)
     version = MlflowClient(uri).get_model_version(registered["name"], registered["version"])
     assert version.tags["data_fingerprint"] == fp  # recorded on the model version
-    found, warning = pipeline._generator_for_study(_study_cfg(data, uri), data, 16)
+    found, warning = driver._generator_for_study(_study_cfg(data, uri), data, 16)
     assert (found.search, found.version, found.epoch, warning) == ("gan-of-this-data", "2", 3, "")
     assert found.tags()["cxr.generator"] == "models:/cxr-acgan-generator/2"
     # an explicit older version of other images: only with --force, and then with a warning
     cfg = _study_cfg(data, uri, generator="models:/cxr-acgan-generator/1", force=True)
-    found, warning = pipeline._generator_for_study(cfg, data, 16)
+    found, warning = driver._generator_for_study(cfg, data, 16)
     assert found.search == "gan-of-other-data" and "other images" in warning
 
 
 # ------------------------------------------------------------------------------ the study
 def test_the_study_writes_its_paired_table(covid3_dir, tmp_path):
-    table = run_study(covid3_dir, "none,oversample_positional", resolution=16, epochs=1,
+    table = run_study(covid3_dir, "none,positional", resolution=16, epochs=1,
                       seeds=(0, 1), run_dir=tmp_path, n_boot=100,
                       base={"duplicates": "keep", "gradcam_per_class": 0, "channels": 1})
     paired = table.attrs["paired"]

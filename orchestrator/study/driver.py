@@ -86,8 +86,9 @@ def _study(cfg: StudyConfig, data: str, strategies, budget: dict, base: dict,
         callback=store.study_run_logger(client, cfg.name, parent,
                                          generator.tags() if generator else None))
     markdown, paired = study_markdown(table), table.attrs["paired"]
-    best = table.sort_values("macro_f1", ascending=False).iloc[0]
-    store.log_study_table(client, parent, run_dir, markdown, str(best["strategy"]), paired)
+    # the strategy tag is chosen on validation: the test set only reports
+    store.log_study_table(client, parent, run_dir, markdown, table.attrs["best_strategy"], paired,
+                          table)
     print(f"\n=== classifier study {cfg.name} ===\n{markdown}\n{paired_markdown(paired)}")
     print(f"look: mlflow ui --backend-store-uri {cfg.mlflow_uri} -> experiment '{cfg.name}'")
     return {"search": cfg.name, "table": table, "paired": paired, "markdown": markdown,

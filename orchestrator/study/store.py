@@ -69,22 +69,35 @@ def _log_study_run(client, experiment: str, parent: str, payload: dict,
 
 
 def log_study_table(client, parent: str, run_dir: Path, markdown: str, best_strategy: str,
-                    paired: pd.DataFrame | None = None) -> None:
-    """The study's table (Markdown, CSV, per-run CSV) and its paired differences
-    (`study/paired.{csv,md}`, and per pair the metrics `<strategy>_vs_<reference>/<name>`)
-    on its parent run, which then ends."""
+                    paired: pd.DataFrame | None = None,
+                    table: pd.DataFrame | None = None) -> None:
+    """The study's table (Markdown, CSV, per-run CSV), its composition and its paired
+    differences (`study/paired.{csv,md}`, and per pair the metrics
+    `<strategy>_vs_<reference>/<name>`), per strategy its scores with their intervals as
+    metrics `<strategy>/<name>` on its parent run, which then ends."""
     for name, logged in (("study.md", "table.md"), ("study.csv", "table.csv"),
                          ("study_runs.csv", "runs.csv"), ("study_paired.csv", "paired.csv"),
-                         ("study_paired.md", "paired.md")):
+                         ("study_paired.md", "paired.md"), ("composition.csv", "composition.csv")):
         if (run_dir / name).exists():
             log_as(client, parent, run_dir / name, "study", logged)
     note = markdown
+    if table is not None:
+        _log_strategy_metrics(client, parent, table)
     if paired is not None and len(paired):
         _log_paired_metrics(client, parent, paired)
         note += "\n" + "\n".join(f"- {v}" for v in paired["verdict"]) + "\n"
     client.set_tag(parent, "mlflow.note.content", note)
     client.set_tag(parent, "cxr.best_strategy", best_strategy)
     client.set_terminated(parent, "FINISHED")
+
+
+def _log_strategy_metrics(client, parent: str, table: pd.DataFrame) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"study/{row['strategy']}/{key}", value, now, 0)
+               for row in table.to_dict("records")
+               for key, value in numeric(row).items() if key != "seeds" and value == value]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
+        client.log_batch(parent, metrics=metrics[start:start + 1000])
 
 
 def _log_paired_metrics(client, parent: str, paired: pd.DataFrame) -> None:

@@ -5,9 +5,38 @@ from dataclasses import asdict, dataclass, fields
 
 from trainables.models.classifiers import MODELS
 
-STRATEGIES = ("none", "class_weights", "undersample", "oversample_positional",
-              "oversample_gan", "gan_positional")
-GAN_STRATEGIES = ("oversample_gan", "gan_positional")
+STRATEGIES = ("none", "class_weights", "undersample", "oversample", "positional", "gan",
+              "gan_positional", "gan_balanced")
+GAN_STRATEGIES = ("gan", "gan_positional", "gan_balanced")
+# Names that meant something else before issue 21 (class-specific augmentation/synthesis,
+# a shortcut the classifier learns); they are errors, not aliases.
+RENAMED = {
+    "oversample_positional": "it augmented only the minority classes' re-drawn rows, so "
+                             "'augmented' marked the class; use 'positional' (real re-draws, "
+                             "every row of every class augmented) or 'oversample' (real "
+                             "re-draws, no augmentation)",
+    "oversample_gan": "only the minority classes held GAN images, so 'synthetic' marked the "
+                      "class; use 'gan' (the same rows under its new name, synthetic images "
+                      "still only in the filled-up classes) or 'gan_balanced' (the same "
+                      "synthetic share in every class)",
+}
+
+
+def strategy_error(strategy: str) -> str | None:
+    """Why ``strategy`` is not one of STRATEGIES (naming the new ones), or None if it is."""
+    if strategy in RENAMED:
+        return f"strategy {strategy!r} was removed (issue 21): {RENAMED[strategy]}"
+    if strategy not in STRATEGIES:
+        return f"unknown strategy {strategy!r}; choose one of {STRATEGIES}"
+    return None
+
+
+def check_strategy(strategy: str) -> str:
+    """``strategy`` if it is one of STRATEGIES, else a ValueError saying why."""
+    error = strategy_error(strategy)
+    if error:
+        raise ValueError(error)
+    return strategy
 
 
 @dataclass(frozen=True)
@@ -16,10 +45,11 @@ class ClassifierConfig:
     S3's early stopping (validation loss, patience 5) at a CPU-friendly 64 px.
 
     optimizer "sgd" is S1's SGD with Nesterov momentum (lr 0.01, momentum 0.9, batch 256).
-    strategy: one of STRATEGIES (S0's imbalance strategies); gan_ratio: each class is filled
-    up to gan_ratio x the largest class's count (1.0 = balanced) by the oversampling
-    strategies; gan_checkpoint: the GAN (generator.pt / epoch dir) the GAN strategies use
-    when the caller passes no ``synth`` (so a Tune config alone is enough).  pretrained: ImageNet weights for vgg16/resnet50 (False = from scratch).
+    strategy: one of STRATEGIES (imbalance strategies, see `strategies`); gan_ratio: each
+    class is filled up to gan_ratio x the largest class's count (1.0 = balanced) by the
+    oversampling and GAN strategies; gan_checkpoint: the GAN (generator.pt / epoch dir) the
+    GAN strategies use when the caller passes no ``synth`` (so a Tune config alone is
+    enough).  pretrained: ImageNet weights for vgg16/resnet50 (False = from scratch).
     evaluate_test: after training, evaluate the best model on the test split once (off for
     searches: selection uses validation only).
     """
@@ -54,9 +84,9 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (strategy_error(self.strategy) is None, strategy_error(self.strategy)),
             (self.model in MODELS, f"model={self.model!r} must be one of {MODELS}"),
             (self.head in ("s3", "s2"), f"head={self.head!r} must be 's3' or 's2'"),
-            (self.strategy in STRATEGIES, f"strategy={self.strategy!r} must be one of {STRATEGIES}"),
             (self.optimizer in ("adam", "sgd"), f"optimizer={self.optimizer!r} must be 'adam' or 'sgd'"),
             (self.resolution >= 14, f"resolution={self.resolution} must be >= 14"),
             (self.channels in (1, 3), f"channels={self.channels} must be 1 or 3"),

@@ -1,17 +1,35 @@
-"""S0's class-imbalance strategies: which images (real, duplicated, synthetic) a classifier
-trains on, which of them are augmented on the fly, and the loss's class weights.
+"""Class-imbalance strategies: which images (real, re-drawn, synthetic) a classifier trains
+on, whether they are augmented on the fly, and the loss's class weights.
 
-none                  all real training images as they are
-class_weights         all real images; loss weighted n / (K * n_c) (Keras' "balanced")
-undersample           every class randomly cut to the smallest class's count
-oversample_positional minority classes filled up with re-drawn real images that are
-                      positionally augmented on the fly (S0's best strategy)
-oversample_gan        minority classes filled up with GAN images
-gan_positional        as oversample_gan, and every image of a filled-up class (real and
-                      synthetic) is positionally augmented on the fly
+none            all real training images as they are
+class_weights   all real images; loss weighted n / (K * n_c) (Keras' "balanced")
+undersample     every class randomly cut to the smallest class's count
+oversample      filled-up classes get re-drawn real images; nothing is augmented
+positional      oversample's rows, and every row of every class positionally augmented
+gan             filled-up classes get GAN images (synthetic rows only in those classes)
+gan_positional  gan's rows, and every row of every class positionally augmented
+gan_balanced    every class gets the same number of rows and the same share of GAN images
 
-"Filled up" means up to ceil(gan_ratio x largest class count) images per class; the largest
-class is never oversampled (S0: "not performing it on the most populated class").
+"Filled up" means up to T = ceil(gan_ratio x largest class count) rows per class; a class
+that already has T or more keeps its rows and gets none added.
+
+Augmentation is a property of the run (`TrainSet.augment` is one bool), never of a class:
+test images are not augmented, so a classifier trained with only the minority's rows
+augmented learns "augmented means COVID-19" (issue 21: augmenting the test images dropped
+Normal recall from 0.84 to 0.34).  The same holds for "synthetic": under `gan` only the
+filled-up classes hold GAN images, so GAN artefacts can predict the class; `gan_balanced`
+removes that marker.
+
+gan_balanced: each class gets T rows, of which T - min(T, n_min) are synthetic (n_min: the
+rarest class's count), so every class has the same synthetic share s = 1 - n_min / T and the
+same n_real = min(T, n_min) real rows per epoch.  The rarest class uses all its real images
+once; a larger class c draws its n_real real rows afresh every epoch, without replacement,
+from all its n_c (`TrainSet.epoch_rows`), so no real image repeats within an epoch.  The
+cost: per epoch a class leaves out n_c - n_real of its real images (at 10:1 imbalance and
+gan_ratio 1, 90 % of the majority's real images per epoch, and 90 % of every class's rows are
+synthetic); over E epochs a given real image is still seen with probability
+1 - (1 - n_real / n_c)^E.  Keeping all real rows instead would need the same synthetic share
+on unequal class totals, which leaves the imbalance as it was.
 """
 from __future__ import annotations
 
@@ -21,30 +39,64 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from trainables.classifier.config import GAN_STRATEGIES, STRATEGIES
+from trainables.classifier.config import GAN_STRATEGIES, check_strategy
 from trainables.gan import load_generator
 from trainables.gan.sampling import draw_latent
 
 # synth(class_index, n, seed) -> uint8 (n, H, W, C) images of that class.
 Synth = Callable[[int, int, int], np.ndarray]
+AUGMENTED = ("positional", "gan_positional")  # strategies that augment every row
 
 
 @dataclass(frozen=True)
 class TrainSet:
-    """What one classifier run trains on.  images: uint8 NHWC; augment: rows to augment
-    positionally on the fly; synthetic: rows made by a GAN; class_weights: loss weights."""
+    """What one classifier run trains on.
+
+    images (uint8 NHWC) / labels: every row the run can train on; synthetic: rows made by a
+    GAN; augment: whether every row of every class is positionally augmented on the fly (one
+    bool for the run: a per-class choice would mark the class); class_weights: loss weights;
+    real_per_class: None (every row, every epoch) or, for gan_balanced, how many real rows of
+    each class an epoch draws afresh beside all synthetic rows (`epoch_rows`).
+    """
 
     images: np.ndarray
     labels: np.ndarray
-    augment: np.ndarray
+    augment: bool
     synthetic: np.ndarray
     class_weights: Optional[np.ndarray] = None
+    real_per_class: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.augment, (bool, np.bool_)):
+            raise TypeError(f"TrainSet.augment must be one bool for the whole run (every row or "
+                            f"none), got {type(self.augment).__name__}")
+        if self.real_per_class is not None:
+            real = np.bincount(self.labels[~self.synthetic], minlength=len(self.real_per_class))
+            if (real < self.real_per_class).any():
+                raise ValueError(f"real_per_class {self.real_per_class.tolist()} exceeds the real "
+                                 f"rows per class {real.tolist()}")
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        """Rows per epoch."""
+        if self.real_per_class is None:
+            return int(self.labels.shape[0])
+        return int(self.synthetic.sum() + self.real_per_class.sum())
+
+    def epoch_rows(self, gen: torch.Generator | None = None) -> np.ndarray:
+        """Sorted indices of one epoch's rows: all rows, or (real_per_class) every synthetic
+        row plus real_per_class[c] real rows of each class c, drawn without replacement from
+        ``gen``.  Draws nothing from ``gen`` when every row is used."""
+        if self.real_per_class is None:
+            return np.arange(len(self.labels))
+        parts = [np.flatnonzero(self.synthetic)]
+        for c, r in enumerate(self.real_per_class):
+            pool = np.flatnonzero(~self.synthetic & (self.labels == c))
+            parts.append(pool[torch.randperm(len(pool), generator=gen)[:int(r)].numpy()])
+        return np.sort(np.concatenate(parts))
 
 
 def fill_targets(counts: np.ndarray, ratio: float = 1.0) -> np.ndarray:
@@ -65,47 +117,76 @@ def balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def build_train_set(images: np.ndarray, labels: np.ndarray, num_classes: int, strategy: str,
                     *, synth: Synth | None = None, gan_ratio: float = 1.0,
                     seed: int = 0) -> TrainSet:
-    """The training rows for ``strategy`` (see the module docstring); seeded."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    """The training rows for ``strategy`` (see the module docstring); seeded.  The old
+    names `oversample_positional` and `oversample_gan` raise a ValueError naming the new."""
+    check_strategy(strategy)
     if strategy in GAN_STRATEGIES and synth is None:
         raise ValueError(f"strategy {strategy!r} needs a GAN generator: pass synth= (a "
                          "synth(class_index, n, seed) function, e.g. synth_from_checkpoint(path))")
-    labels = np.asarray(labels, dtype=np.int64)
+    images, labels = np.asarray(images), np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     counts = np.bincount(labels, minlength=num_classes)
-    n = len(labels)
-    no = np.zeros(n, dtype=bool)
+    augment = strategy in AUGMENTED
+    real = np.zeros(len(labels), dtype=bool)
     if strategy in ("none", "class_weights"):
         weights = balanced_weights(labels, num_classes) if strategy == "class_weights" else None
-        return TrainSet(np.asarray(images), labels, no, no, weights)
+        return TrainSet(images, labels, augment, real, weights)
     if strategy == "undersample":
         m = int(counts[counts > 0].min())
         keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), m, replace=False)
                                        for c in range(num_classes) if counts[c] > 0]))
-        return TrainSet(np.asarray(images[keep]), labels[keep], no[keep], no[keep])
+        return TrainSet(images[keep], labels[keep], augment, real[keep])
+    if strategy == "gan_balanced":
+        return _gan_balanced(images, labels, counts, synth, gan_ratio, seed)
     deficit = fill_targets(counts, gan_ratio) - counts
-    if strategy == "oversample_positional":
+    if strategy in ("oversample", "positional"):
         extra = np.concatenate([rng.choice(np.flatnonzero(labels == c), d, replace=True)
                                 for c, d in enumerate(deficit) if d > 0 and counts[c] > 0]
                                + [np.zeros(0, dtype=np.int64)])
-        idx = np.concatenate([np.arange(n), extra])
-        aug = np.concatenate([no, np.ones(len(extra), dtype=bool)])
-        return TrainSet(np.asarray(images[idx]), labels[idx], aug, np.zeros(len(idx), bool))
-    fakes, fake_labels = [], []
-    for c, d in enumerate(deficit):
+        idx = np.concatenate([np.arange(len(labels)), extra])
+        return TrainSet(images[idx], labels[idx], augment, np.zeros(len(idx), dtype=bool))
+    return _with_synthetic(images, labels, deficit, synth, seed, augment)
+
+
+def _with_synthetic(images: np.ndarray, labels: np.ndarray, per_class: np.ndarray, synth: Synth,
+                    seed: int, augment: bool, real_per_class: np.ndarray | None = None
+                    ) -> TrainSet:
+    """All real rows plus per_class[c] GAN images of each class c."""
+    fakes, fake_labels = [np.zeros((0, *images.shape[1:]), images.dtype)], [labels[:0]]
+    for c, d in enumerate(per_class):
         if d > 0:
             fakes.append(_checked(synth(c, int(d), seed * 1000 + c), int(d), images.shape[1:], c))
             fake_labels.append(np.full(int(d), c, dtype=np.int64))
-    m = int(sum(deficit))
-    all_images = np.concatenate([np.asarray(images)] + fakes) if fakes else np.asarray(images)
-    all_labels = np.concatenate([labels] + fake_labels) if fakes else labels
-    synthetic = np.concatenate([no, np.ones(m, dtype=bool)])
-    if strategy == "gan_positional":
-        augment = np.isin(all_labels, np.flatnonzero(deficit > 0))
-    else:
-        augment = np.zeros(len(all_labels), dtype=bool)
-    return TrainSet(all_images, all_labels, augment, synthetic)
+    all_labels = np.concatenate([labels] + fake_labels)
+    synthetic = np.arange(len(all_labels)) >= len(labels)
+    return TrainSet(np.concatenate([images] + fakes), all_labels, augment, synthetic,
+                    real_per_class=real_per_class)
+
+
+def _gan_balanced(images: np.ndarray, labels: np.ndarray, counts: np.ndarray, synth: Synth,
+                  gan_ratio: float, seed: int) -> TrainSet:
+    """T rows per class, T - min(T, n_min) of them synthetic (see the module docstring)."""
+    if (counts == 0).any():
+        raise ValueError(f"gan_balanced: class(es) {np.flatnonzero(counts == 0).tolist()} have "
+                         "no real training images, so no class could keep any real image at an "
+                         "equal synthetic share; use 'gan'")
+    target = math.ceil(gan_ratio * int(counts.max()))
+    n_real = min(target, int(counts.min()))
+    per_class = np.full(len(counts), target - n_real)
+    return _with_synthetic(images, labels, per_class, synth, seed, False,
+                           real_per_class=np.full(len(counts), n_real))
+
+
+def composition(train_set: TrainSet, classes: Sequence[str], strategy: str) -> pd.DataFrame:
+    """One row per class: real and synthetic rows per epoch, and the share of the class's
+    rows that are augmented per epoch (equal across classes by construction)."""
+    k = len(classes)
+    synthetic = np.bincount(train_set.labels[train_set.synthetic], minlength=k)
+    real = (np.bincount(train_set.labels[~train_set.synthetic], minlength=k)
+            if train_set.real_per_class is None else np.asarray(train_set.real_per_class))
+    return pd.DataFrame({"strategy": strategy, "class": list(classes),
+                         "real": real.astype(np.int64), "synthetic": synthetic.astype(np.int64),
+                         "augmented_share": float(train_set.augment)})
 
 
 def keep_share(labels: np.ndarray, shares: dict[int, float], seed: int = 0) -> np.ndarray:

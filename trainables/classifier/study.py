@@ -25,35 +25,54 @@ import numpy as np
 import pandas as pd
 
 from trainables.classifier.config import GAN_STRATEGIES, STRATEGIES, ClassifierConfig
-from trainables.classifier.metrics import (accuracy, bootstrap_ci, macro_f1, mcnemar,
-                                           paired_bootstrap)
+from trainables.classifier.metrics import accuracy, macro_f1
+from trainables.classifier.stats import (Metric, holm, macro_auroc, mcnemar_per_seed,
+                                         paired_interval, seed_interval, sensitivity_of,
+                                         specificity_of, auroc_of)
 from trainables.classifier.strategies import (Synth, keep_share, synth_from_checkpoint,
                                               synth_from_generator)
-from trainables.classifier.train import evaluate_final, load_test_set, train_classifier
+from trainables.classifier.train import (COMPOSITION_FILE, evaluate_final, load_test_set,
+                                         train_classifier)
 from trainables.context import standalone_context
 from trainables.data import load_manifest
 from trainables.data.default import resolve_default
 from trainables.data.manifest import canonical_label, default_cache_dir
-from trainables.data.selection import holdout_mask, load_selection_sets, split_roles
+from trainables.data.selection import (frame_groups, holdout_mask, load_selection_sets,
+                                       split_roles)
 
 # callback(event, payload): event "run" after each trained+evaluated model, "table" at the end.
 Callback = Callable[[str, dict], None]
 
 # How tables and verdicts name the strategies.
 LABELS = {"none": "no rebalancing", "class_weights": "class weights",
-          "undersample": "undersampling", "oversample_positional": "positional oversampling",
-          "oversample_gan": "GAN oversampling", "gan_positional": "GAN + positional"}
+          "undersample": "undersampling", "oversample": "oversampling",
+          "positional": "positional oversampling", "gan": "GAN oversampling",
+          "gan_positional": "GAN + positional", "gan_balanced": "GAN, balanced share"}
 # Every strategy is compared with these two: the baseline, and S0's best strategy (does the
 # GAN add anything to plain positional augmentation?).
-REFERENCES = ("none", "oversample_positional")
+REFERENCES = ("none", "positional")
+# Verdicts: a direction only when the Holm-adjusted p-value of the macro-F1 difference is
+# below this (family-wise over all the study's comparisons).
+ALPHA = 0.05
 # Written beside the derived data folder of `rare_class_source`: where it came from.
 ORIGIN_FILE = "ORIGIN.json"
 
 
-def score_functions(num_classes: int) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
-    """The study's scores, by name: what the tables report and the bootstraps resample."""
+def score_functions(num_classes: int) -> dict[str, Metric]:
+    """The study's label scores, by name: what the tables report and the intervals resample."""
     return {"accuracy": accuracy,
             "macro_f1": lambda y_true, y_pred: macro_f1(y_true, y_pred, num_classes)}
+
+
+def class_functions(classes: Sequence[str]) -> dict[str, tuple[str, Metric]]:
+    """Per-class scores: name -> (what it reads: "pred" labels or "score" probabilities,
+    the metric).  Sensitivity is the class's recall; AUROC is one class against the rest."""
+    out: dict[str, tuple[str, Metric]] = {"macro_auroc": ("score", macro_auroc)}
+    for c, name in enumerate(classes):
+        out[f"sensitivity/{name}"] = ("pred", sensitivity_of(c))
+        out[f"specificity/{name}"] = ("pred", specificity_of(c))
+        out[f"auroc/{name}"] = ("score", auroc_of(c))
+    return out
 
 
 def resolve_strategies(strategies: str | Sequence[str]) -> tuple[str, ...]:
@@ -114,125 +133,221 @@ def run_study(source: str | Path, strategies: str | Sequence[str] = "all", gener
             trained.append((cfg, ctx.run_dir, history))
     # Selection is over for every model: read the test split once and evaluate each once.
     test_set = load_test_set(cfg0)
-    runs, preds = [], {}
-    for cfg, path, history in trained:
-        final = evaluate_final(path, test_set=test_set)
-        row = {"strategy": cfg.strategy, "seed": cfg.seed, "epochs_run": len(history),
-               "n_train": history[-1]["n_train"], "n_synthetic": history[-1]["n_synthetic"],
-               "run_dir": str(path), **final["metrics"]}
-        runs.append(row)
-        preds.setdefault(cfg.strategy, []).append(final["y_pred"])
-        if callback:
-            callback("run", {"config": cfg.to_dict(), "history": history, "metrics": row})
-    table = summarise(test_set.labels, preds, len(test_set.classes), n_boot=n_boot)
-    paired = compare(test_set.labels, preds, len(test_set.classes), n_boot=n_boot)
-    table.attrs.update(runs=pd.DataFrame(runs), paired=paired, n_test=int(len(test_set.labels)))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(run_dir / "study.csv", index=False)
-    table.attrs["runs"].to_csv(run_dir / "study_runs.csv", index=False)
-    (run_dir / "study.md").write_text(study_markdown(table))
-    paired.to_csv(run_dir / "study_paired.csv", index=False)
-    (run_dir / "study_paired.md").write_text(paired_markdown(paired))
+    table = _evaluate(trained, test_set, n_boot=n_boot, callback=callback)
+    _write_tables(table, run_dir)
     if callback:
         callback("table", {"table": table})
     return table
 
 
-def summarise(y_true: np.ndarray, preds: dict[str, list[np.ndarray]], num_classes: int, *,
+def _evaluate(trained: list, test_set, *, n_boot: int, callback: Callback | None) -> pd.DataFrame:
+    """Each trained model once on the test set -> the study table with its attrs: runs,
+    paired, composition, classes, n_test, best_strategy (chosen on validation)."""
+    classes = tuple(test_set.classes)
+    runs, preds, scores, compositions, validation = [], {}, {}, {}, {}
+    for cfg, path, history in trained:
+        final = evaluate_final(path, test_set=test_set)
+        row = {"strategy": cfg.strategy, "seed": cfg.seed, "epochs_run": len(history),
+               "n_train": history[-1]["n_train"], "n_synthetic": history[-1]["n_synthetic"],
+               "val_macro_f1": selection_score(history), "run_dir": str(path),
+               **final["metrics"]}
+        runs.append(row)
+        preds.setdefault(cfg.strategy, []).append(final["y_pred"])
+        scores.setdefault(cfg.strategy, []).append(final["y_score"])
+        validation.setdefault(cfg.strategy, []).append(row["val_macro_f1"])
+        if cfg.strategy not in compositions and (Path(path) / COMPOSITION_FILE).is_file():
+            compositions[cfg.strategy] = pd.read_csv(Path(path) / COMPOSITION_FILE)
+        if callback:
+            callback("run", {"config": cfg.to_dict(), "history": history, "metrics": row})
+    table = summarise(test_set.labels, preds, classes, scores=scores, n_boot=n_boot)
+    table.insert(2, "val_macro_f1", [float(np.mean(validation[s])) for s in table["strategy"]])
+    paired = compare(test_set.labels, preds, classes, scores=scores, n_boot=n_boot)
+    composition = (pd.concat(compositions.values(), ignore_index=True) if compositions
+                   else pd.DataFrame(columns=["strategy", "class", "real", "synthetic",
+                                              "augmented_share"]))
+    best = str(table.loc[table["val_macro_f1"].idxmax(), "strategy"])
+    table.attrs.update(runs=pd.DataFrame(runs), paired=paired, composition=composition,
+                       classes=classes, n_test=int(len(test_set.labels)), best_strategy=best)
+    return table
+
+
+def _write_tables(table: pd.DataFrame, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(run_dir / "study.csv", index=False)
+    table.attrs["runs"].to_csv(run_dir / "study_runs.csv", index=False)
+    (run_dir / "study.md").write_text(study_markdown(table))
+    table.attrs["paired"].to_csv(run_dir / "study_paired.csv", index=False)
+    (run_dir / "study_paired.md").write_text(paired_markdown(table.attrs["paired"]))
+    table.attrs["composition"].to_csv(run_dir / COMPOSITION_FILE, index=False)
+
+
+def selection_score(history: list[dict]) -> float:
+    """Validation macro F1 of the epoch the run kept (its lowest validation loss): what the
+    study may rank strategies by.  Test scores never choose anything."""
+    kept = min(history, key=lambda row: row["val_loss"])
+    return float(kept.get("val_macro_f1", float("nan")))
+
+
+def _class_names(classes: Sequence[str] | int) -> tuple[str, ...]:
+    return tuple(str(c) for c in range(classes)) if isinstance(classes, int) else tuple(classes)
+
+
+def summarise(y_true: np.ndarray, preds: dict[str, list[np.ndarray]],
+              classes: Sequence[str] | int, *, scores: dict[str, list[np.ndarray]] | None = None,
               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """One row per strategy: seed-averaged accuracy and macro F1 with bootstrap 95 % CIs
-    (the same test-image resamples for every seed of a strategy)."""
+    """One row per strategy: seed-averaged accuracy, macro F1, and (with ``scores``, the
+    models' class probabilities) macro AUROC, per-class sensitivity, specificity and AUROC,
+    each with a 95 % interval over test images *and* training seeds (`seed_interval`)."""
+    classes = _class_names(classes)
     rows = []
     for strategy, p in preds.items():
         p = np.stack(p)
         row = {"strategy": strategy, "seeds": len(p)}
-        for name, fn in score_functions(num_classes).items():
-            point, lo, hi = bootstrap_ci(y_true, p, fn, n_boot=n_boot, seed=seed)
-            row.update({name: point, f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+        measures = {name: ("pred", fn) for name, fn in score_functions(len(classes)).items()}
+        measures.update(class_functions(classes))
+        for name, (reads, fn) in measures.items():
+            if reads == "score" and (scores is None or strategy not in scores):
+                continue
+            x = p if reads == "pred" else np.stack(scores[strategy])
+            iv = seed_interval(y_true, x, fn, n_boot=n_boot, seed=seed)
+            row.update({name: iv.point, f"{name}_ci_low": iv.low, f"{name}_ci_high": iv.high})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _ci(row, name: str, digits: int = 3) -> str:
+    value = row.get(name, float("nan"))
+    if value != value:
+        return "–"
+    return (f"{value:.{digits}f} ({row[f'{name}_ci_low']:.{digits}f}–"
+            f"{row[f'{name}_ci_high']:.{digits}f})")
+
+
 def study_markdown(table: pd.DataFrame) -> str:
-    """The study table as Markdown (S0's layout: strategy x accuracy / macro F1)."""
+    """The study tables as Markdown: per strategy the overall scores (S0's layout plus
+    macro AUROC and the validation score that chooses), then per strategy and class the
+    clinically read ones (sensitivity, specificity, AUROC)."""
     n = table.attrs.get("n_test")
+    best = table.attrs.get("best_strategy")
+    seeds = int(table["seeds"].max()) if len(table) else 0
     lines = [f"Imbalance strategies on the held-out test set{f' ({n} images)' if n else ''}; "
-             "mean over seeds, bootstrap 95 % CI.", "",
-             "| strategy | seeds | accuracy (95 % CI) | macro F1 (95 % CI) |",
-             "|---|---:|---|---|"]
-    for r in table.itertuples():
-        lines.append(f"| {r.strategy} | {r.seeds} | {r.accuracy:.3f} ({r.accuracy_ci_low:.3f}–"
-                     f"{r.accuracy_ci_high:.3f}) | {r.macro_f1:.3f} ({r.macro_f1_ci_low:.3f}–"
-                     f"{r.macro_f1_ci_high:.3f}) |")
+             f"mean over {seeds} seed(s); 95 % intervals over test images and training seeds "
+             "(seed-aware t interval, `trainables.classifier.stats`)."
+             + (f" Best on validation macro F1: `{best}` (chosen on validation, never on test)."
+                if best else ""), "",
+             "| strategy | seeds | accuracy (95 % CI) | macro F1 (95 % CI) | macro AUROC (95 % CI) "
+             "| val macro F1 |", "|---|---:|---|---|---|---:|"]
+    for row in table.to_dict("records"):
+        val = row.get("val_macro_f1", float("nan"))
+        lines.append(f"| {row['strategy']} | {row['seeds']} | {_ci(row, 'accuracy')} | "
+                     f"{_ci(row, 'macro_f1')} | {_ci(row, 'macro_auroc')} | "
+                     f"{'–' if val != val else f'{val:.3f}'} |")
+    classes = [c[len("sensitivity/"):] for c in table.columns
+               if c.startswith("sensitivity/") and not c.endswith(("_ci_low", "_ci_high"))]
+    if classes:
+        lines += ["", "| strategy | class | sensitivity (95 % CI) | specificity (95 % CI) | "
+                  "AUROC (95 % CI) |", "|---|---|---|---|---|"]
+        for row in table.to_dict("records"):
+            for c in classes:
+                lines.append(f"| {row['strategy']} | {c} | {_ci(row, f'sensitivity/{c}')} | "
+                             f"{_ci(row, f'specificity/{c}')} | {_ci(row, f'auroc/{c}')} |")
     return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ paired
-def compare(y_true: np.ndarray, preds: dict[str, list[np.ndarray]], num_classes: int, *,
+def compare(y_true: np.ndarray, preds: dict[str, list[np.ndarray]],
+            classes: Sequence[str] | int, *, scores: dict[str, list[np.ndarray]] | None = None,
             references: Sequence[str] = REFERENCES, n_boot: int = 1000,
             seed: int = 0) -> pd.DataFrame:
     """One row per (strategy, reference) pair: the seed-averaged difference strategy minus
-    reference in every score with its 95 % CI (`paired_bootstrap`: test images and seeds
-    resampled together, seed i of one paired with seed i of the other), McNemar's test on
-    the predictions pooled over seeds, and a verdict on macro F1.  A pair already compared
+    reference in accuracy, macro F1 and (with ``scores``) macro AUROC, each with its 95 %
+    interval and p-value (`paired_interval`: seed s of one paired with seed s of the other,
+    on the same test images); McNemar's exact test per seed (never pooled: the seeds'
+    predictions of one image are not independent pairs); and the macro-F1 p-values
+    Holm-corrected over all the rows, which decide the verdicts.  A pair already compared
     the other way round is not repeated."""
+    classes = _class_names(classes)
+    labels = score_functions(len(classes))
     rows, done = [], set()
     for reference in (r for r in references if r in preds):
-        b = np.stack(preds[reference])
         for strategy in (s for s in preds if s != reference):
             if (reference, strategy) in done:
                 continue
             done.add((strategy, reference))
-            a = np.stack(preds[strategy])
+            a, b = np.stack(preds[strategy]), np.stack(preds[reference])
             row = {"strategy": strategy, "reference": reference, "seeds": len(a),
                    "n_test": len(y_true)}
-            for name, fn in score_functions(num_classes).items():
-                diff, lo, hi = paired_bootstrap(y_true, a, b, fn, n_boot=n_boot, seed=seed)
-                row.update({f"{name}_diff": diff, f"{name}_diff_ci_low": lo,
-                            f"{name}_diff_ci_high": hi})
-            row["only_strategy_right"], row["only_reference_right"], row["mcnemar_p"] = \
-                mcnemar(y_true, a, b)
-            row["verdict"] = verdict(strategy, reference, row["macro_f1_diff"],
-                                     row["macro_f1_diff_ci_low"], row["macro_f1_diff_ci_high"])
+            measures = {name: (a, b, fn) for name, fn in labels.items()}
+            if scores is not None and strategy in scores and reference in scores:
+                measures["macro_auroc"] = (np.stack(scores[strategy]),
+                                           np.stack(scores[reference]), macro_auroc)
+            for name, (x, y, fn) in measures.items():
+                iv = paired_interval(y_true, x, y, fn, n_boot=n_boot, seed=seed)
+                row.update({f"{name}_diff": iv.point, f"{name}_diff_ci_low": iv.low,
+                            f"{name}_diff_ci_high": iv.high, f"{name}_diff_p": iv.p})
+            test = mcnemar_per_seed(y_true, a, b)
+            row["mcnemar_p_per_seed"] = ";".join(f"{p:.3g}" for p in test.p)
+            row["mcnemar_seeds_significant"] = int((np.asarray(test.p) < ALPHA).sum())
             rows.append(row)
-    return pd.DataFrame(rows)
+    paired = pd.DataFrame(rows)
+    if paired.empty:
+        return paired
+    paired["macro_f1_diff_p_holm"] = holm(paired["macro_f1_diff_p"].to_numpy())
+    paired["verdict"] = [verdict(r["strategy"], r["reference"], r["macro_f1_diff"],
+                                 r["macro_f1_diff_ci_low"], r["macro_f1_diff_ci_high"],
+                                 r["macro_f1_diff_p_holm"], len(paired))
+                         for r in paired.to_dict("records")]
+    return paired
 
 
-def verdict(strategy: str, reference: str, diff: float, low: float, high: float) -> str:
-    """One line on a macro-F1 difference: a direction only when its 95 % CI excludes 0."""
+def verdict(strategy: str, reference: str, diff: float, low: float, high: float,
+            p_holm: float, comparisons: int) -> str:
+    """One line on a macro-F1 difference: a direction only when its Holm-adjusted p-value
+    (over all the study's comparisons) is below ALPHA."""
     a, b = LABELS.get(strategy, strategy), LABELS.get(reference, reference)
     points = f"{100 * diff:+.1f} macro-F1 points [{100 * low:+.1f}, {100 * high:+.1f}]"
-    if low > 0:
-        return f"{a} beats {b} by {points}"
-    if high < 0:
-        return f"{a} is worse than {b} by {points}"
-    return f"{a} vs {b}: no evidence of a difference ({points})"
+    holm_p = f"Holm-adjusted p = {p_holm:.2g} over {comparisons} comparisons"
+    if p_holm < ALPHA and diff > 0:
+        return f"{a} beats {b} by {points} ({holm_p})"
+    if p_holm < ALPHA and diff < 0:
+        return f"{a} is worse than {b} by {points} ({holm_p})"
+    return f"{a} vs {b}: no evidence of a difference ({points}; {holm_p})"
 
 
 def paired_markdown(paired: pd.DataFrame) -> str:
     """The paired differences (in points) and the verdicts as Markdown."""
     if paired.empty:
-        return ("No paired comparison: the study has neither `none` nor "
-                "`oversample_positional` beside another strategy.\n")
+        return (f"No paired comparison: the study has neither {' nor '.join(REFERENCES)} "
+                "beside another strategy.\n")
     seeds = int(paired["seeds"].max())
+    auroc = "macro_auroc_diff" in paired.columns
     lines = ["Paired differences, strategy minus reference, on the same "
-             f"{int(paired['n_test'].iloc[0])} test images, in points (x100); 95 % CI from a "
-             "bootstrap that resamples test images and seeds together"
-             + (" (one seed: test images only)" if seeds == 1 else "")
-             + "; McNemar's exact test on the predictions pooled over seeds (optimistic when "
-             "seeds > 1). No correction for the number of comparisons.", "",
-             "| strategy | reference | Δ macro F1 (95 % CI) | Δ accuracy (95 % CI) | "
-             "only strategy right / only reference right | McNemar p |",
-             "|---|---|---|---|---:|---:|"]
-    for r in paired.itertuples():
-        lines.append(f"| {r.strategy} | {r.reference} | {_points(r.macro_f1_diff, r.macro_f1_diff_ci_low, r.macro_f1_diff_ci_high)} "
-                     f"| {_points(r.accuracy_diff, r.accuracy_diff_ci_low, r.accuracy_diff_ci_high)} "
-                     f"| {r.only_strategy_right} / {r.only_reference_right} | {r.mcnemar_p:.3g} |")
+             f"{int(paired['n_test'].iloc[0])} test images, in points (x100); 95 % intervals "
+             "over test images and training seeds, seed s of one strategy paired with seed s "
+             "of the other" + (" (one seed: test images only)" if seeds == 1 else "")
+             + f". Verdicts: Holm-corrected over the {len(paired)} comparisons (family-wise "
+             f"{ALPHA:g}); the intervals themselves are not adjusted. McNemar's exact test per "
+             "seed (p of each seed).", "",
+             "| strategy | reference | Δ macro F1 (95 % CI) | Holm p | Δ accuracy (95 % CI) | "
+             + ("Δ macro AUROC (95 % CI) | " if auroc else "") + "McNemar p per seed |",
+             "|---|---|---|---:|---|" + ("---|" if auroc else "") + "---|"]
+    for r in paired.to_dict("records"):
+        cells = [r["strategy"], r["reference"],
+                 _points(r["macro_f1_diff"], r["macro_f1_diff_ci_low"], r["macro_f1_diff_ci_high"]),
+                 f"{r['macro_f1_diff_p_holm']:.2g}",
+                 _points(r["accuracy_diff"], r["accuracy_diff_ci_low"], r["accuracy_diff_ci_high"])]
+        if auroc:
+            cells.append(_points(r["macro_auroc_diff"], r["macro_auroc_diff_ci_low"],
+                                 r["macro_auroc_diff_ci_high"]))
+        cells.append(str(r["mcnemar_p_per_seed"]).replace(";", ", "))
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Verdicts (macro F1):", ""] + [f"- {v}" for v in paired["verdict"]]
     return "\n".join(lines) + "\n"
 
 
 def _points(diff: float, low: float, high: float) -> str:
+    if low != low:
+        return f"{100 * diff:+.1f}"
     return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
@@ -312,7 +427,8 @@ def _selection_roles(manifest) -> np.ndarray:
         roles[split == "val"] = "val"
     else:
         codes = manifest.frame["label"].map(manifest.classes.index).to_numpy()[train]
-        roles[train] = np.where(holdout_mask(codes), "val", "train")
+        groups = frame_groups(manifest.frame)[train]  # patients / near-copies on one side
+        roles[train] = np.where(holdout_mask(codes, groups=groups), "val", "train")
     return roles
 
 

@@ -21,8 +21,9 @@ from trainables.classifier.config import GAN_STRATEGIES, ClassifierConfig
 from trainables.classifier.gradcam import gradcam, pick_per_class, save_gradcam_png
 from trainables.classifier.metrics import (bootstrap_ci, classification_metrics, confusion,
                                            macro_f1, accuracy, report_text, save_confusion_png)
+from trainables.classifier.stats import auroc_per_class, macro_auroc
 from trainables.classifier.strategies import (Synth, TrainSet, build_train_set,
-                                              synth_from_checkpoint)
+                                              composition, synth_from_checkpoint)
 from trainables.context import RunContext
 from trainables.data import PositionalAugment, load_image_set, selection, to_tensor
 from trainables.data.selection import stratified_folds
@@ -30,6 +31,9 @@ from trainables.models.classifiers import WEIGHT_URLS, build_classifier
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
+# What the run trains on per class (`strategies.composition`): rows, synthetic rows and the
+# augmented share, so a reader can check that no class is marked by augmentation or synthesis.
+COMPOSITION_FILE = "composition.csv"
 EVAL_BATCH = 256
 
 
@@ -66,15 +70,17 @@ def load_selection_data(cfg: ClassifierConfig, published=None):
         return sets[0].images, sets[0].labels, sets[1].images, sets[1].labels, classes
     images = np.concatenate([np.asarray(s.images) for s in sets])
     labels = np.concatenate([s.labels for s in sets])
+    groups = selection.pooled_groups(sets)  # a patient / near-copy group stays on one side
     if cfg.folds:
         # Folds over the pooled images in path order: the same folds whether the pool was
         # read from the source's splits or from a published (fit, val) pair.
         order = np.argsort(np.array([p for s in sets for p in s.paths], dtype=object), kind="stable")
         images, labels = images[order], labels[order]
-        fold = stratified_folds(labels, cfg.folds, seed=0)  # fixed: folds equal across seeds
+        groups = None if groups is None else groups[order]
+        fold = stratified_folds(labels, cfg.folds, seed=0, groups=groups)  # fixed across seeds
         v = fold == cfg.fold
     else:
-        v = selection.holdout_mask(labels)  # the same 15 % the GAN search validates on
+        v = selection.holdout_mask(labels, groups=groups)  # the 15 % the GAN search validates on
     return images[~v], labels[~v], images[v], labels[v], classes
 
 
@@ -90,20 +96,21 @@ def build_optimizer(cfg: ClassifierConfig, model: nn.Module) -> torch.optim.Opti
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, ts: TrainSet, *,
                 batch_size: int, device: torch.device, augment: nn.Module,
                 gen: torch.Generator, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """One pass over this rank's share of ``ts`` in a seeded order -> train loss/accuracy."""
+    """One pass over this rank's share of this epoch's rows of ``ts`` (`TrainSet.epoch_rows`)
+    in a seeded order -> train loss/accuracy.  With ts.augment every row is augmented."""
     model.train()
     weight = torch.as_tensor(ts.class_weights, dtype=torch.float32, device=device) \
         if ts.class_weights is not None else None
-    order = torch.randperm(len(ts), generator=gen).numpy()
+    rows = ts.epoch_rows(gen)
+    order = rows[torch.randperm(len(rows), generator=gen).numpy()]
     # Equal shares per rank (DDP needs the same number of steps on every rank).
     order = order[: len(order) // world_size * world_size][rank::world_size]
     total, correct, seen = 0.0, 0, 0
     for start in range(0, len(order), batch_size):
         idx = np.sort(order[start:start + batch_size])  # sorted: memmap reads are sequential
         x = to_tensor(ts.images[idx], value_range="[0,1]")
-        mask = torch.from_numpy(ts.augment[idx])
-        if mask.any():
-            x[mask] = augment(x[mask], generator=gen)
+        if ts.augment:  # every row of every class, or none: never a class marker
+            x = augment(x, generator=gen)
         x = x.to(device)
         y = torch.from_numpy(ts.labels[idx]).to(device)
         logits = model(x)
@@ -184,6 +191,9 @@ def train_classifier(cfg: ClassifierConfig | dict, ctx: RunContext, *,
         opt.load_state_dict(ck["optimizer"])
         gen.set_state(ck["generator"].cpu())  # map_location moved it; the sampler is on the CPU
         state = {key: ck[key] for key in state}
+    if ctx.is_main:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        composition(ts, classes, cfg.strategy).to_csv(ctx.run_dir / COMPOSITION_FILE, index=False)
     fixed = {"strategy": cfg.strategy, "model": cfg.model, "pretrained": uses_imagenet(cfg),
              "n_train": len(ts), "n_synthetic": int(ts.synthetic.sum())}
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
@@ -248,7 +258,8 @@ def evaluate_final(run_dir: str | Path, *, test_set=None, device: str | torch.de
     Writes (to ``out_dir``, default run_dir) test_metrics.json, classification_report.txt,
     confusion_matrix.png and gradcam.png.  ``test_set`` (an ImageSet) lets a caller that
     evaluates many models read the test split once.  Returns {"metrics", "y_true",
-    "y_pred", "classes", "best_epoch"}; metrics include bootstrap 95 % CIs.
+    "y_pred", "y_score", "classes", "best_epoch"}; y_score: the (N, K) softmax probabilities
+    (for AUROC), y_pred their argmax; metrics include bootstrap 95 % CIs.
     """
     device = torch.device(device)
     model, cfg, classes, best_epoch = load_best(run_dir, device)
@@ -257,12 +268,15 @@ def evaluate_final(run_dir: str | Path, *, test_set=None, device: str | torch.de
     if tuple(test_set.classes) != classes:
         raise ValueError(f"test set classes {test_set.classes} differ from the model's {classes}")
     y_true = test_set.labels
-    y_pred = predict(model, test_set.images, device).argmax(1)
+    y_score = predict(model, test_set.images, device)
+    y_pred = y_score.argmax(1)
     metrics = classification_metrics(y_true, y_pred, classes)
     k = len(classes)
     for name, fn in (("accuracy", accuracy), ("macro_f1", lambda t, p: macro_f1(t, p, k))):
         _, lo, hi = bootstrap_ci(y_true, y_pred, fn, n_boot=cfg.n_boot, seed=cfg.seed)
         metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = lo, hi
+    metrics["macro_auroc"] = macro_auroc(y_true, y_score)
+    metrics.update({f"auroc/{c}": float(a) for c, a in zip(classes, auroc_per_class(y_true, y_score))})
     metrics.update(best_epoch=best_epoch, n_test=int(len(y_true)), pretrained=uses_imagenet(cfg))
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,5 +291,5 @@ def evaluate_final(run_dir: str | Path, *, test_set=None, device: str | torch.de
         titles = [f"{classes[t]} -> {classes[p]}"
                   for t, p in zip(y_true[np.sort(idx)], y_pred[np.sort(idx)])]
         save_gradcam_png(x, cams, titles, out / "gradcam.png")
-    return {"metrics": metrics, "y_true": y_true, "y_pred": y_pred, "classes": classes,
-            "best_epoch": best_epoch}
+    return {"metrics": metrics, "y_true": y_true, "y_pred": y_pred, "y_score": y_score,
+            "classes": classes, "best_epoch": best_epoch}

@@ -1,8 +1,15 @@
-"""The manifest: every source as one table (path, patient_id, label, source, split).
+"""The manifest: every source as one table (path, patient_id, label, source, split, group).
 
 A manifest is built once per (source listing, options, seed) and saved as Parquet with a
 JSON sidecar of metadata; later calls load the saved one, so every trial of a search sees
 the same split. Class names are mapped to canonical names here.
+
+Leaks are checked here, once per build: byte-identical files (content hashes) and
+near-duplicates (`near_duplicates`: the same picture resized or re-encoded). ``group`` is
+the unit no split may cut: a patient, merged with the images that are copies or
+near-copies of each other. Splits computed here, the selection hold-out and the CV folds
+(`selection`) keep a group on one side; copies across a source's own splits follow the
+``duplicates`` policy.
 
 Canonical class names (decisions):
 - covid, COVID, Covid, COVID-19, covid19, COVIDx "positive" -> "COVID-19";
@@ -30,6 +37,7 @@ import pandas as pd
 
 from trainables.atomic import write_bytes_atomic as write_atomic  # trainables.data exports it
 
+from . import near_duplicates as nd
 from . import readers
 from .errors import DataError
 from .splits import split_frame
@@ -48,7 +56,10 @@ CANONICAL = {
     "lung opacity": "Lung Opacity",
 }
 DUPLICATE_POLICIES = ("error", "keep", "drop")
-FRAME_COLUMNS = ["path", "patient_id", "label", "source", "split", "content_hash"]
+FRAME_COLUMNS = ["path", "patient_id", "label", "source", "split", "content_hash", "group"]
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+NEAR_COLUMNS = ["path", "split", "label", "match_path", "match_split", "match_label",
+                "correlation", "action"]
 
 
 def default_cache_dir() -> Path:
@@ -171,10 +182,10 @@ def drop_duplicate_copies(frame: pd.DataFrame, source) -> tuple[pd.DataFrame, pd
     labels = groups.groupby("content_hash")["label"].nunique()
     if (labels > 1).any():
         bad = groups[groups["content_hash"] == labels[labels > 1].index[0]]
-        raise DataError(f"byte-identical images with different labels: " + "; ".join(
+        raise DataError("byte-identical images with different labels: " + "; ".join(
             f"{p} ({l})" for p, l in zip(bad["path"], bad["label"])) + ". Fix the labels or "
             "remove one of the files")
-    order = frame["split"].map({"train": 0, "val": 1, "test": 2}).fillna(-1)
+    order = frame["split"].map(SPLIT_ORDER).fillna(-1)
     ranked = frame.assign(_order=order).sort_values(["_order", "path"])
     drop = ranked.index[ranked["content_hash"].duplicated(keep="first")]
     dropped = frame.loc[drop]
@@ -202,7 +213,11 @@ def load_manifest(source: str | Path, *, layout: str | None = None,
                   val_fraction: float = 0.15, test_fraction: float = 0.15,
                   duplicates: str = "error", views: tuple[str, ...] = readers.FRONTAL_VIEWS,
                   cache_dir: str | Path | None = None) -> Manifest:
-    """Read ``source``, map labels, split at patient level, save; or load the saved one."""
+    """Read ``source``, map labels, split at patient level, save; or load the saved one.
+
+    ``duplicates`` applies to byte-identical files and to near-duplicates (`near_duplicates`)
+    across the source's own splits alike: "drop" the later split's copy, "keep" it, or
+    "error"; all are listed in duplicates.csv / near_duplicates.csv beside the manifest."""
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, got {duplicates!r}")
     source = Path(os.path.abspath(source))
@@ -211,13 +226,16 @@ def load_manifest(source: str | Path, *, layout: str | None = None,
     options = {"label_map": label_map, "classes": classes, "exclude_labels": sorted(exclude_labels),
                "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                "duplicates": duplicates, "views": list(views)}
-    key = _listing_key(raw, layout, source, options)
-    directory = Path(cache_dir or default_cache_dir()) / "manifests" / key[:20]
+    # The near-duplicate method is part of the key: a changed method rebuilds the manifest.
+    key = _listing_key(raw, layout, source, {**options, "near_duplicates": nd.METHOD})
+    cache_root = Path(cache_dir or default_cache_dir())
+    directory = cache_root / "manifests" / key[:20]
     if (directory / "manifest.json").is_file():
         meta = json.loads((directory / "manifest.json").read_text())
         frame = pd.read_parquet(directory / "manifest.parquet")
         return Manifest(frame, tuple(meta["classes"]), meta, directory)
-    return _build(raw, notes, source, layout, options, directory)
+    thumbs = _thumbnails(raw, layout, source, cache_root)
+    return _build(raw, notes, source, layout, options, directory, thumbs)
 
 
 def _read(source: Path, layout: str, classes, views) -> tuple[pd.DataFrame, dict]:
@@ -227,7 +245,7 @@ def _read(source: Path, layout: str, classes, views) -> tuple[pd.DataFrame, dict
 
 
 def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: dict,
-           directory: Path) -> Manifest:
+           directory: Path, thumbs: tuple[np.ndarray, np.ndarray]) -> Manifest:
     frame = map_labels(raw, label_map=options["label_map"], classes=options["classes"],
                        exclude_labels=tuple(options["exclude_labels"]))
     if layout == "npz":
@@ -241,14 +259,18 @@ def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: d
     has_ids = frame["patient_id"].notna().all()
     if not has_ids:
         frame["patient_id"] = frame["path"]  # each image is its own patient
-    groups = frame["patient_id"]
-    if len(dup) and frame["split"].isna().all():
-        # Byte-identical copies must never straddle a split computed here: group them.
-        first = frame.groupby("content_hash")["patient_id"].transform("first")
-        frame["patient_id"] = first
+    pairs = _near_pairs(frame, thumbs)
+    frame["group"] = _groups(frame, pairs)
+    patients = frame["patient_id"]
+    if frame["split"].isna().all():
+        # Copies and near-copies must never straddle a split computed here: split by group.
+        frame["patient_id"] = frame["group"]
     frame, how = split_frame(frame, seed=options["seed"], val_fraction=options["val_fraction"],
                              test_fraction=options["test_fraction"])
-    frame["patient_id"] = groups
+    frame["patient_id"] = patients
+    near = _near_table(frame, pairs)
+    split_rows = frame
+    frame, near = _near_policy(frame, near, layout, options["duplicates"])
     classes = tuple(sorted(frame["label"].unique()))
     _check_classes_per_split(frame, classes)
     frame = frame[FRAME_COLUMNS].reset_index(drop=True)
@@ -259,7 +281,8 @@ def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: d
             "counts": {s: frame[frame["split"] == s]["label"].value_counts().sort_index().to_dict()
                        for s in sorted(frame["split"].unique())},
             "duplicate_content_rows": len(dup),
-            "duplicate_content_across_splits": _cross_split(frame, dup), **notes}
+            "duplicate_content_across_splits": _cross_split(frame, dup),
+            "near_duplicates": _near_meta(near, thumbs, frame), **notes}
     if len(dup):
         log.warning("%s: %d images are byte-identical copies of another image, %d copy groups "
                     "span two splits (duplicates=%r); listed in %s", source, len(dup),
@@ -271,14 +294,130 @@ def _build(raw: pd.DataFrame, notes: dict, source: Path, layout: str, options: d
     frame.to_parquet(buf, index=False)
     write_atomic(directory / "manifest.parquet", buf.getvalue())
     if len(dup):
-        copies = pd.concat([frame[frame["content_hash"].isin(dup["content_hash"])].assign(action="kept"),
-                            dropped.assign(action="dropped")])
+        kept = split_rows[split_rows["content_hash"].isin(dup["content_hash"])]
+        action = np.where(kept["path"].isin(frame["path"]), "kept", "dropped as near-duplicate")
+        copies = pd.concat([kept.assign(action=action), dropped.assign(action="dropped")])
         write_atomic(directory / "duplicates.csv", copies[["content_hash", "path", "label",
                                                            "split", "action"]].to_csv(index=False).encode())
         meta["duplicate_copies_dropped"] = len(dropped)
+    if len(near):
+        write_atomic(directory / "near_duplicates.csv",
+                     near[NEAR_COLUMNS].to_csv(index=False).encode())
+        print(_near_message(near, directory / "near_duplicates.csv"))  # once, like the copies'
     # The JSON is written last: its presence marks a complete manifest.
     write_atomic(directory / "manifest.json", json.dumps(meta, indent=1, default=str).encode())
     return Manifest(frame, classes, meta, directory)
+
+
+def _thumbnails(raw: pd.DataFrame, layout: str, source: Path,
+                cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Near-duplicate thumbnails of every listed row (aligned with ``raw``) and their
+    readable mask, cached apart from the manifest: they depend on the files only, so
+    another seed, policy or label map does not read the images again."""
+    key = _listing_key(raw, layout, source, {"thumbnails": nd.METHOD})
+    file = cache_root / "thumbnails" / f"{key[:20]}.npz"
+    if file.is_file():
+        with np.load(file) as data:
+            return data["thumbs"], data["ok"]
+    thumbs, ok = nd.thumbnails(raw["path"].tolist())
+    buf = io.BytesIO()
+    np.savez(buf, thumbs=thumbs, ok=ok)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(file, buf.getvalue())
+    return thumbs, ok
+
+
+def _near_pairs(frame: pd.DataFrame, thumbs: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
+    """Near-duplicate pairs of ``frame``'s rows: index labels a < b and their correlation.
+    Byte-identical pairs are left to the content-hash check (and its duplicates.csv)."""
+    pos = frame.index.to_numpy()  # readers return a RangeIndex: labels are raw positions
+    features = nd.standardise(thumbs[0][pos])
+    features[~thumbs[1][pos]] = 0.0  # unreadable images (skip_bad reports them) match nothing
+    i, j, corr = nd.near_pairs(features)
+    hashes = frame["content_hash"].to_numpy()
+    other = hashes[i] != hashes[j]
+    return pd.DataFrame({"a": frame.index[i[other]], "b": frame.index[j[other]],
+                         "correlation": corr[other]})
+
+
+def _groups(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:
+    """The unit no split may cut: rows joined by patient, by identical content or by a
+    near-duplicate pair; named by the patient_id of the group's first row."""
+    n = len(frame)
+    rows = np.arange(n)
+    edges = [(rows, pd.Series(rows).groupby(frame[col].to_numpy()).transform("first").to_numpy())
+             for col in ("patient_id", "content_hash")]
+    edges.append((frame.index.get_indexer(pairs["a"]), frame.index.get_indexer(pairs["b"])))
+    i, j = (np.concatenate(e) for e in zip(*edges))
+    comp = nd.clusters(n, i, j)
+    _, first = np.unique(comp, return_index=True)
+    return pd.Series(frame["patient_id"].to_numpy()[first][comp], index=frame.index)
+
+
+def _near_table(frame: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per near-duplicate pair: ``path`` is the later split's image (val/test: the
+    evaluation side), ``match_*`` the earlier one; ``row`` is the index label of ``path``."""
+    split = frame["split"].map(SPLIT_ORDER)
+    swap = (split.loc[pairs["a"]].to_numpy() > split.loc[pairs["b"]].to_numpy())
+    later = np.where(swap, pairs["a"], pairs["b"])
+    earlier = np.where(swap, pairs["b"], pairs["a"])
+    late, early = frame.loc[later], frame.loc[earlier]
+    return pd.DataFrame({"row": later, "path": late["path"].to_numpy(),
+                         "split": late["split"].to_numpy(), "label": late["label"].to_numpy(),
+                         "match_path": early["path"].to_numpy(),
+                         "match_split": early["split"].to_numpy(),
+                         "match_label": early["label"].to_numpy(),
+                         "correlation": pairs["correlation"].round(5).to_numpy(),
+                         "action": "same split"})
+
+
+def _near_policy(frame: pd.DataFrame, near: pd.DataFrame, layout: str,
+                 policy: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Apply ``duplicates`` to near-duplicates across splits: drop / keep (recorded) /
+    error (npz: recorded, as its entries cannot be removed like files)."""
+    cross = (near["split"] != near["match_split"]).to_numpy()
+    if not cross.any():
+        return frame, near
+    if policy == "error" and layout != "npz":
+        first = near[cross].iloc[0]
+        raise DataError(
+            f"{near.loc[cross, 'row'].nunique()} image(s) in a later split are near-duplicates "
+            f"({nd.SHORT}) of an image in an earlier split, e.g. {first['path']} ({first['split']}) "
+            f"~ {first['match_path']} ({first['match_split']}), correlation "
+            f"{first['correlation']:.4f}: evaluating on them measures memory. Remove the copies, "
+            "pass duplicates='drop' to drop the later-split copies (the training image is kept), "
+            "or duplicates='keep' to load them anyway (recorded in near_duplicates.csv beside "
+            "the manifest)")
+    near = near.copy()
+    if policy == "drop":
+        # The leak is an evaluation image that is (nearly) a training image: dropping the
+        # later split's copy (val, test) removes it and leaves the training data intact.
+        near.loc[cross, "action"] = "dropped"
+        return frame.drop(index=near.loc[cross, "row"].unique()), near
+    near.loc[cross, "action"] = "kept"
+    return frame, near
+
+
+def _near_meta(near: pd.DataFrame, thumbs: tuple[np.ndarray, np.ndarray],
+               frame: pd.DataFrame) -> dict:
+    cross = near[near["split"] != near["match_split"]]
+    return {"method": nd.METHOD, "pairs": len(near),
+            "images_across_splits": cross.groupby("split")["path"].nunique().to_dict(),
+            "dropped": int(cross.loc[cross["action"] == "dropped", "path"].nunique()),
+            "unreadable_not_checked": int((~thumbs[1]).sum())}
+
+
+def _near_message(near: pd.DataFrame, where: Path) -> str:
+    """One console line: how many near-duplicates, where, and what was done."""
+    cross = near[near["split"] != near["match_split"]]
+    if len(cross):
+        per = ", ".join(f"{s} {n}" for s, n in cross.groupby("split")["path"].nunique().items())
+        done = "dropped" if (cross["action"] == "dropped").all() else "kept (duplicates='keep')"
+        return (f"near-duplicates: {cross['path'].nunique()} images across splits ({per}; "
+                f"{nd.SHORT}) {done}; list: {where}")
+    images = pd.concat([near["path"], near["match_path"]]).nunique()
+    return (f"near-duplicates: {images} images in {len(near)} pairs ({nd.SHORT}), none across "
+            f"splits (each group is kept in one split); list: {where}")
 
 
 def _cross_split(frame: pd.DataFrame, dup: pd.DataFrame) -> int:

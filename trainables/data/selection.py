@@ -5,6 +5,11 @@ val (the Kaggle covid19-image-dataset) has no held-out set of its own: its val s
 the test set of the classifier study, and validation is a fixed stratified 15 % of train.
 The GAN search evaluates (FID, CAS, visual checks) on that same validation part, so the
 generator the ranking picks has never been chosen on the images the study tests on.
+
+The hold-out and the CV folds are drawn over groups, not images, where a manifest has
+them (its ``group`` column: a patient, merged with copies and near-copies of an image):
+no patient and no near-duplicate cluster sits on both sides. Where every group is one
+image (no patient ids, no copies) the draw is the image-level one, unchanged.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from trainables.data import load_image_set
 from trainables.data.default import resolve_default
@@ -30,28 +36,82 @@ def split_roles(splits: set[str]) -> tuple[tuple[str, ...], str]:
     raise ValueError(f"needs train and val (or test) splits, has {sorted(splits)}")
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Fold id (0..k-1) per row; every class spread evenly over the folds (seeded)."""
+def _units(labels: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit per row, label per unit, images per unit). A unit is a group (numbered in order
+    of first appearance) or, without groups, an image; a unit's label is its commonest."""
+    n = len(labels)
+    unit = np.arange(n) if groups is None else pd.factorize(np.asarray(groups), sort=False)[0]
+    sizes = np.bincount(unit, minlength=unit.max() + 1 if n else 0)
+    if len(sizes) == n:  # every unit one image: the unit's label is the image's
+        return unit, labels[np.argsort(unit)], sizes
+    counts = pd.crosstab(unit, labels)
+    return unit, counts.columns.to_numpy()[counts.to_numpy().argmax(axis=1)], sizes
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int = 0, groups=None) -> np.ndarray:
+    """Fold id (0..k-1) per row; every class spread evenly over the folds (seeded).
+
+    With ``groups`` (e.g. `frame_groups`), each group's rows share one fold: groups are
+    dealt, per class and largest first, to the fold with the fewest images of that class;
+    with one image per group this is the image-level round-robin, fold for fold."""
+    labels = np.asarray(labels)
+    unit, unit_label, sizes = _units(labels, groups)
     rng = np.random.default_rng(seed)
-    fold = np.empty(len(labels), dtype=np.int64)
+    fold = np.empty(len(sizes), dtype=np.int64)
     for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        fold[idx] = np.arange(len(idx)) % k
-    return fold
+        members = rng.permutation(np.flatnonzero(unit_label == c))
+        members = members[np.argsort(-sizes[members], kind="stable")]
+        load = np.zeros(k, dtype=np.int64)
+        for u in members:
+            fold[u] = int(np.argmin(load))  # ties: the lowest fold, hence round-robin
+            load[fold[u]] += sizes[u]
+    return fold[unit]
 
 
-def holdout_mask(labels: np.ndarray) -> np.ndarray:
+def holdout_mask(labels: np.ndarray, groups=None) -> np.ndarray:
     """The fixed stratified VAL_PERCENT % of train used for validation (same for everyone):
     per class, round(VAL_PERCENT % of its images) of a seeded permutation, at least one image
-    of every class that has two or more."""
+    of every class that has two or more.
+
+    With ``groups`` (e.g. `frame_groups`) whole groups are held out: per class, the
+    shortest prefix of a seeded permutation of its groups that reaches the count, always
+    leaving one group to fit on; with one image per group this is the image-level mask."""
     labels = np.asarray(labels)
+    unit, unit_label, sizes = _units(labels, groups)
     rng = np.random.default_rng(0)
-    mask = np.zeros(len(labels), dtype=bool)
+    held = np.zeros(len(sizes), dtype=bool)
     for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = int(round(len(idx) * VAL_PERCENT / 100))
-        mask[idx[:max(k, 1) if len(idx) >= 2 else 0]] = True
-    return mask
+        members = rng.permutation(np.flatnonzero(unit_label == c))
+        if len(members) < 2:
+            continue
+        want = max(int(round(sizes[members].sum() * VAL_PERCENT / 100)), 1)
+        take = int(np.searchsorted(np.cumsum(sizes[members]), want)) + 1
+        held[members[:min(take, len(members) - 1)]] = True
+    return held[unit]
+
+
+def frame_groups(frame: pd.DataFrame) -> np.ndarray:
+    """The manifest's ``group`` per row (patient merged with copies and near-copies)."""
+    column = "group" if "group" in frame.columns else "patient_id"
+    return frame[column].astype(str).to_numpy()
+
+
+def set_groups(image_set) -> np.ndarray | None:
+    """``frame_groups`` for the rows of an ImageSet, from its saved manifest (None when
+    the set names no manifest here: one built in memory, or published by a driver whose
+    cache this node does not see)."""
+    path = Path(image_set.manifest_dir or "-") / "manifest.parquet"
+    if not image_set.manifest_dir or not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    by_path = pd.Series(frame_groups(frame), index=frame["path"])
+    return by_path.loc[list(image_set.paths)].to_numpy()
+
+
+def pooled_groups(image_sets) -> np.ndarray | None:
+    """`set_groups` of several sets, concatenated in order (None if any set has none)."""
+    parts = [set_groups(s) for s in image_sets]
+    return None if any(p is None for p in parts) else np.concatenate(parts)
 
 
 class RowView:
@@ -111,5 +171,5 @@ def load_selection_sets(source: str | Path, *, resolution: int, channels: int = 
     if "val" in roles:
         val = load_image_set(source, "val", resolution=resolution, channels=channels, **options)
         return train, val
-    held = holdout_mask(train.labels)
+    held = holdout_mask(train.labels, groups=set_groups(train))
     return subset(train, ~held, "train_fit"), subset(train, held, "train_val")

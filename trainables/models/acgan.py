@@ -14,7 +14,6 @@ and dropout follow `D_REGULARIZATION` (the seeds' text, BN + Dropout(0.5) everyw
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
