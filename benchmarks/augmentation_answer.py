@@ -1,7 +1,7 @@
 """Does the GAN help a classifier on an imbalanced chest X-ray set?  One answer, through the
 product (the search command's own code paths, MLflow included).
 
-    python -m benchmarks.augmentation_answer            # about 90 minutes on 2 CPU cores
+    python -m benchmarks.augmentation_answer            # about 2.5 hours on 2 CPU cores
     python -m benchmarks.augmentation_answer --quick    # a few minutes: the pipeline, no answer
 
 On `covid19-radiography-subset` (COVID-19 1,500 / Normal 1,500) COVID-19 is made rare in the
@@ -12,7 +12,7 @@ and test images untouched).  Then:
    makes), so the generator never saw a COVID-19 image the classifiers lost: AC-GAN at the
    budget that learns on 2 cores (README "GAN training"; `benchmarks/gan_learns.py`): 64 px,
    grey, width 0.5, 40 batches per epoch, 20 epochs, 2 trials side by side;
-2. the classifier study with every strategy and 3 seeds, its GAN strategies fed by the
+2. the classifier study with every strategy and 5 seeds, its GAN strategies fed by the
    generator that search registered (`--gan-search`), each final model tested once;
 3. a Markdown report (`--out`, default benchmarks/out/augmentation_answer/report.md): the
    data, the generator, the table with CIs, the paired differences and the verdicts.
@@ -46,7 +46,7 @@ BUDGETS = {
                 "--scheduler", "none", "--set", "resolution=64", "--set", "width=0.5",
                 "--set", "steps_per_epoch=40"],
         "study": ["--max-epochs", "15", "--set", "resolution=64", "--set", "channels=1",
-                  "--set", "seeds=0,1,2", "--set", "n_boot=1000"],
+                  "--set", "seeds=0,1,2,3,4", "--set", "n_boot=1000"],
     },
     "quick": {
         "gan": ["--smoke", "--num-samples", "2", "--max-concurrent", "2", "--max-epochs", "3",

@@ -85,7 +85,9 @@ def test_study_end_to_end_with_a_gan(covid3_dir, tmp_path):
     assert events == ["run"] * 8 + ["table"]
     md = study_markdown(table)
     # the strategy table (header + 8) and the per-class table (header + 8 x 3 classes)
-    assert md.count("\n| ") == 9 + 25 and "gan_positional" in md
+    # and the composition table (header + 8 strategies)
+    assert md.count("\n| ") == 9 + 25 + 9 and "gan_positional" in md
+    assert "| gan_balanced | " in md.split("What each strategy trains on")[1]
     assert (tmp_path / "study.md").read_text() == md
     for name in ("macro_auroc", "sensitivity/COVID-19", "specificity/Normal", "auroc/Normal"):
         assert ((table[f"{name}_ci_low"] <= table[name]) & (table[name] <= table[f"{name}_ci_high"])).all()

@@ -122,6 +122,7 @@ class StudyArtifacts:
     gradcam: tuple[Path, ...]
     missing: tuple[str, ...]
     paired: Optional[pd.DataFrame] = None  # strategy vs reference: differences, CIs, verdicts
+    composition: Optional[pd.DataFrame] = None  # strategy x class: real, synthetic, augmented
 
 
 def load_study(name: str, tracking_uri: str, dst: str | Path,
@@ -158,6 +159,9 @@ def load_study(name: str, tracking_uri: str, dst: str | Path,
         paired = pd.read_csv(_download(client, run_id, "study/paired.csv", dst))
     else:
         missing.append("study/paired.csv (the paired differences and verdicts)")
+    composition = None
+    if "study/composition.csv" in study_files:
+        composition = pd.read_csv(_download(client, run_id, "study/composition.csv", dst))
     found = {}
     for folder in ("confusion", "gradcam"):
         pngs = [p for p in _artifact_paths(client, run_id, folder) if p.endswith(".png")]
@@ -166,4 +170,4 @@ def load_study(name: str, tracking_uri: str, dst: str | Path,
             missing.append(f"{folder}/*.png")
     return StudyArtifacts(name, run_id, table, table_md, found["confusion"], found["gradcam"],
                           tuple(f"study {name!r} (run {run_id}) has no {m}" for m in missing),
-                          paired)
+                          paired, composition)

@@ -251,6 +251,16 @@ def study_markdown(table: pd.DataFrame) -> str:
             for c in classes:
                 lines.append(f"| {row['strategy']} | {c} | {_ci(row, f'sensitivity/{c}')} | "
                              f"{_ci(row, f'specificity/{c}')} | {_ci(row, f'auroc/{c}')} |")
+    composition = table.attrs.get("composition")
+    if composition is not None and len(composition):
+        lines += ["", "What each strategy trains on per epoch (real rows, GAN rows, share of the "
+                  "class's rows augmented; equal shares across classes: no class marker):", "",
+                  "| strategy | " + " | ".join(dict.fromkeys(composition["class"])) + " |",
+                  "|---|" + "---|" * composition["class"].nunique()]
+        for strategy, rows in composition.groupby("strategy", sort=False):
+            lines.append(f"| {strategy} | " + " | ".join(
+                f"{r.real} real + {r.synthetic} GAN, {r.augmented_share:.0%} aug."
+                for r in rows.itertuples()) + " |")
     return "\n".join(lines) + "\n"
 
 
