@@ -13,6 +13,8 @@ from typing import Optional
 import yaml
 
 from orchestrator import registry
+# Selection never picks an epoch whose memorised_share is above this (one limit, ranking's).
+from orchestrator.ranking import MAX_MEMORISED
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_STORAGE = "ray_results"
@@ -24,8 +26,8 @@ MIN_DIVERSITY = {"full": 0.4, "smoke": 0.25}
 # CPU smoke budget: what a 2-core laptop finishes in minutes.
 SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval_every": 1,
              "steps_per_epoch": 20}
-SMOKE_EVAL = {"metrics": ("fid", "kid", "cas", "visual"), "n_fake": 48}
-FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual")}
+SMOKE_EVAL = {"metrics": ("fid", "kid", "cas", "visual", "memorisation"), "n_fake": 48}
+FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation")}
 SMOKE_CLASSIFIER = {"resolution": 32, "channels": 1, "epochs": 3, "n_boot": 100}
 
 
@@ -67,6 +69,7 @@ class SearchConfig:
     asha_grace: float = 0.25  # ASHA's grace period, as a share of the epochs
     force: bool = False  # --resume even if the settings or the data differ from the first run
     min_diversity: Optional[float] = None  # collapse limit for selection; None: by budget
+    max_memorised: float = MAX_MEMORISED  # copy limit for selection (memorised_share)
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
 
     def diversity_limit(self) -> float:
@@ -96,6 +99,8 @@ def validate(cfg: SearchConfig) -> None:
     objectives = cfg.objectives()
     if cfg.scheduler == "pbt" and len(objectives) > 1:
         raise ValueError("--scheduler pbt optimises one objective; give a single --objective")
+    if not 0 <= cfg.max_memorised <= 1:
+        raise ValueError(f"--max-memorised must be in [0, 1], got {cfg.max_memorised}")
     if cfg.min_diversity is not None and not 0 <= cfg.min_diversity < 1:
         raise ValueError(f"--min-diversity must be in [0, 1), got {cfg.min_diversity}")
     if not 0 < cfg.asha_grace <= 1:

@@ -17,6 +17,11 @@ from trainables.metrics.registry import METRICS
 from trainables.trial import TrialSettings, load_selection
 
 
+# The champion's model version carries these figures of its epoch as tags (issue 23).
+MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "precision", "recall", "density",
+                     "coverage")
+
+
 def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:
     """Rank (trial, epoch) rows from MLflow, record the outcome, print where to look."""
     killed = reconcile_running(client, cfg.name, parent_run_id)
@@ -120,7 +125,7 @@ def mark_kept(table):
 
 
 def _why_nothing(ranked) -> str:
-    barred = ranked[ranked["status"].isin(["collapsed", "not_kept", "killed"])]
+    barred = ranked[ranked["status"].isin(["collapsed", "memorised", "not_kept", "killed"])]
     if len(barred) and not (ranked["status"] == "ranked").any():
         counts = barred["status"].value_counts().to_dict()
         return (f"none: every epoch is unusable ({counts}); no generator was registered. "
@@ -146,7 +151,7 @@ def policy_options(cfg) -> dict:
     if cfg.experiment == "classifier":  # one validation metric decides, not the GAN criteria
         name, mode = cfg.objectives()[0]
         return {"weights": {name: 1.0}, "directions": {name: mode}}
-    limits = {"min_diversity": cfg.diversity_limit()}
+    limits = {"min_diversity": cfg.diversity_limit(), "max_memorised": cfg.max_memorised}
     if cfg.policy != "pareto":
         return limits
     names = [name for name, _ in cfg.objectives()]
@@ -186,9 +191,13 @@ def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: s
     checkpoint = best.get("checkpoint") if isinstance(best.get("checkpoint"), str) else None
     registered = None
     if checkpoint and cfg.experiment != "classifier":
-        registered = register_generator(cfg, run.info.run_id, checkpoint, epoch)
+        # the version carries its copy audit: a user of the generator sees it at once
+        audit = {k: f"{metrics[k]:.4g}" for k in MEMORISATION_TAGS
+                 if isinstance(metrics.get(k), (int, float)) and metrics[k] == metrics[k]}
+        registered = register_generator(cfg, run.info.run_id, checkpoint, epoch, audit)
         if settings is not None:
-            _log_tsne(settings, client, parent_run_id, checkpoint, f"trial {trial_id}, epoch {epoch}")
+            _log_champion_views(settings, client, parent_run_id, run.info.run_id, checkpoint,
+                                f"trial {trial_id}, epoch {epoch}")
     note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
     client.set_tag(parent_run_id, "mlflow.note.content", note)
     lineage = best.get("lineage") if isinstance(best.get("lineage"), str) else ""
@@ -200,24 +209,37 @@ def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: s
             "registered_model": registered}
 
 
-def _log_tsne(settings: TrialSettings, client, parent_run_id: str, checkpoint: str,
-              title: str) -> None:
-    """S0's stage 4: t-SNE of real validation vs the best generator's features (`tsne/`)."""
+def _log_champion_views(settings: TrialSettings, client, parent_run_id: str, run_id: str,
+                        checkpoint: str, title: str) -> None:
+    """S0's stage 4, t-SNE of real validation vs the best generator's features (`tsne/`), and
+    the copy view: its fakes nearest a training image beside those images (`memorisation/`,
+    on the search run and the trial run)."""
     blob = read_checkpoint_file(checkpoint, "generator.pt")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             (Path(tmp) / "generator.pt").write_bytes(blob or b"")
             G, gan_cfg, _ = load_generator(Path(tmp) / "generator.pt")
-            _, val = load_selection(settings, gan_cfg.resolution, gan_cfg.channels)
-            evaluator = GanEvaluator(val, metrics=("fid",), latent_dim=gan_cfg.latent_dim,
+            train, val = load_selection(settings, gan_cfg.resolution, gan_cfg.channels)
+            evaluator = GanEvaluator(val, metrics=("fid", "memorisation"),
+                                     latent_dim=gan_cfg.latent_dim,
                                      latent_dist=gan_cfg.latent_dist, seed=gan_cfg.seed,
-                                     classes=getattr(G, "class_indices", None),
+                                     classes=getattr(G, "class_indices", None), real_train=train,
                                      n_fake=settings.eval.get("n_fake"))
-            png = evaluator.tsne(G, Path(tmp) / "tsne_best_epoch.png", title=f"t-SNE, {title}")
-        except Exception as exc:  # no Inception weights, unreadable checkpoint: say so
+        except Exception as exc:  # unreadable checkpoint, data gone: say so
             client.set_tag(parent_run_id, "cxr.tsne_skipped", f"{type(exc).__name__}: {exc}"[:5000])
             return
-        client.log_artifact(parent_run_id, str(png), artifact_path="tsne")
+        views = (("tsne", "cxr.tsne_skipped", lambda: evaluator.tsne(
+                    G, Path(tmp) / "tsne_best_epoch.png", title=f"t-SNE, {title}"), (parent_run_id,)),
+                 ("memorisation", "cxr.copy_view_skipped", lambda: evaluator.copy_view(
+                    G, Path(tmp) / "most_copied.png"), (parent_run_id, run_id)))
+        for folder, skip_tag, draw, runs in views:
+            try:
+                png = draw()
+            except Exception as exc:  # no Inception weights, too few images: say so
+                client.set_tag(parent_run_id, skip_tag, f"{type(exc).__name__}: {exc}"[:5000])
+                continue
+            for target in runs:
+                client.log_artifact(target, str(png), artifact_path=folder)
 
 
 def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):

@@ -148,6 +148,7 @@ def _parent_params(cfg: SearchConfig, settings: TrialSettings) -> dict:
         "experiment": cfg.experiment, "preset": cfg.preset, "data": settings.data,
         "searcher": cfg.searcher, "scheduler": cfg.scheduler, "objective": cfg.objective or "",
         "policy": cfg.policy, "num_samples": cfg.num_samples, "smoke": cfg.smoke,
+        "max_memorised": cfg.max_memorised,
         "execution": placement.execution, "workers_per_trial": cfg.workers_per_trial,
         "gpus_per_worker": placement.gpus_per_worker, "seed": cfg.seed,
         "search_space_module": space_file.name,

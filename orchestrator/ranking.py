@@ -9,9 +9,10 @@ returns all rows, ordered, with `rank` (1 = best; <NA> for rows that cannot be r
 * "not_evaluated": a metric the policy needs is NaN at this epoch (listed in the reason);
   these rows come after every ranked row, never silently first;
 * "rejected": a human verdict rejected the epoch: never ranked, listed last;
-* "collapsed", "not_kept", "killed": an epoch no policy may select, whatever its scores
-  (`unusable`): near-constant or within-class-collapsed samples, a generator whose weights
-  were not kept (`--keep-epochs`), a trial the driver's kill left unfinished.
+* "collapsed", "memorised", "not_kept", "killed": an epoch no policy may select, whatever
+  its scores (`unusable`): near-constant or within-class-collapsed samples, a generator that
+  copies its training images (`memorised_share` above `--max-memorised`), a generator whose
+  weights were not kept (`--keep-epochs`), a trial the driver's kill left unfinished.
 
 Human verdicts (`verdict` column, "approve" / "reject") are honoured by every policy:
 rejected rows are excluded; approved rows always enter the staged shortlist and win ties
@@ -63,20 +64,25 @@ def _check(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 # ratio runs low for every generator: the search passes a lower limit there.
 MAX_CONSTANT_FRAC = 0.5
 MIN_DIVERSITY = 0.4
+# A champion must not copy its training patients (issue 23): at most this share of its
+# fakes may be nearer a training image than the 5 % quantile of unseen real images.
+MAX_MEMORISED = 0.05
 
 
 def mark_unusable(df: pd.DataFrame, max_constant_frac: float = MAX_CONSTANT_FRAC,
-                  min_diversity: float = MIN_DIVERSITY) -> pd.DataFrame:
+                  min_diversity: float = MIN_DIVERSITY,
+                  max_memorised: float = MAX_MEMORISED) -> pd.DataFrame:
     """Columns `exclude_status`, `exclude_reason` from `unusable` (read by every policy)."""
     df = df.copy()
-    marks = unusable(df, max_constant_frac, min_diversity)
+    marks = unusable(df, max_constant_frac, min_diversity, max_memorised)
     df["exclude_status"] = [status for status, _ in marks]
     df["exclude_reason"] = [reason for _, reason in marks]
     return df
 
 
 def unusable(df: pd.DataFrame, max_constant_frac: float = MAX_CONSTANT_FRAC,
-             min_diversity: float = MIN_DIVERSITY) -> list[tuple[str, str]]:
+             min_diversity: float = MIN_DIVERSITY,
+             max_memorised: float = MAX_MEMORISED) -> list[tuple[str, str]]:
     """Per row, (status, reason) when no policy may select it, else ("", "").  A metric
     that was not evaluated (NaN) excludes nothing here."""
     def why(row) -> tuple[str, str]:
@@ -90,6 +96,10 @@ def unusable(df: pd.DataFrame, max_constant_frac: float = MAX_CONSTANT_FRAC,
         if pd.notna(diversity) and diversity < min_diversity:
             return "collapsed", (f"not ranked: samples collapsed within a class "
                                  f"(diversity_ratio={diversity:.2f} < {min_diversity})")
+        memorised = row.get("memorised_share")
+        if pd.notna(memorised) and memorised > max_memorised:
+            return "memorised", (f"not ranked: copies its training images (memorised_share="
+                                 f"{memorised:.2f} > {max_memorised})")
         kept = row.get("kept")
         if kept is not None and pd.notna(kept) and not bool(kept):
             return "not_kept", ("not ranked: its generator weights were not kept (only the "
@@ -289,12 +299,13 @@ POLICIES = {"staged": staged, "pareto": pareto, "weighted": weighted}
 
 def rank(table: pd.DataFrame, policy: str, verdicts: pd.DataFrame | None = None, *,
          max_constant_frac: float = MAX_CONSTANT_FRAC, min_diversity: float = MIN_DIVERSITY,
-         **options) -> pd.DataFrame:
+         max_memorised: float = MAX_MEMORISED, **options) -> pd.DataFrame:
     """Apply verdicts and the collapse limits (`unusable`), then the named policy (`staged`,
     `pareto` or `weighted`)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown ranking policy {policy!r}; choose one of {tuple(POLICIES)}")
-    table = mark_unusable(apply_verdicts(table, verdicts), max_constant_frac, min_diversity)
+    table = mark_unusable(apply_verdicts(table, verdicts), max_constant_frac, min_diversity,
+                          max_memorised)
     return add_lineage(POLICIES[policy](table, **options))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from orchestrator.cli import audit as audit_cli
@@ -212,3 +213,63 @@ def test_audit_user_errors_are_one_line_and_exit_2(small_source, tmp_path, capsy
     expected = {"empty": "no PNG/JPEG images", "no_data": "--data is required",
                 "small_heldout": "needs at least 20"}[case]
     assert expected in err
+
+
+# ------------------------------------------------------------------------------ per epoch
+class _Replay(torch.nn.Module):
+    """A "generator" that returns stored images in turn: its training images (a copier)
+    or anything else, as [-1, 1] NCHW like a real G(z, y)."""
+
+    def __init__(self, images: np.ndarray):
+        super().__init__()
+        self.register_buffer("x", torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        self.calls = 0
+
+    def forward(self, z, y):
+        idx = (torch.arange(len(z)) + self.calls) % len(self.x)
+        self.calls += len(z)
+        return self.x[idx]
+
+
+class _image_set:
+    """The parts of an ImageSet the evaluator reads."""
+
+    def __init__(self, images: np.ndarray, split: str):
+        self.images, self.labels = images, np.arange(len(images)) % 2
+        self.classes, self.split = ("COVID-19", "Normal"), split
+        self.fingerprint = f"test-{split}-{len(images)}"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def test_the_evaluator_flags_a_copying_generator_each_epoch(xrays, tmp_path):
+    """Issue 23: `memorisation` in the per-epoch evaluator: a generator replaying its
+    training images scores memorised_share >= 0.9, one replaying unseen real images <= 0.1;
+    the copy view lists pairs at distance ~0."""
+    from trainables.metrics.evaluator import GanEvaluator
+
+    train = xrays["train"][:, ::4, ::4]  # 32 px, as a smoke trial
+    heldout, unseen = xrays["heldout"][:, ::4, ::4], xrays["unseen"][:, ::4, ::4]
+    ev = GanEvaluator(_image_set(heldout, "val"), metrics=("memorisation",), n_fake=40,
+                      real_train=_image_set(train, "train"), latent_dim=4, device="cpu")
+    assert ev.protocol["memorised_q"] == 0.05 and ev.protocol["memorised_threshold"] > 0
+    copier = ev(_Replay(train), epoch=0)
+    assert copier["memorised_share"] >= 0.9 and copier["nn_train_distance"] < 1e-3
+    honest = ev(_Replay(unseen), epoch=0)
+    assert honest["memorised_share"] <= 0.1
+    pairs = ev.most_copied(_Replay(train), top=3)
+    assert len(pairs) == 3 and all(d < 1e-3 for _, _, d in pairs)
+    png = ev.copy_view(_Replay(train), tmp_path / "most_copied.png", top=3)
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_evaluator_skips_memorisation_with_a_reason_when_it_cannot_measure(xrays):
+    from trainables.metrics.evaluator import GanEvaluator
+
+    small = xrays["heldout"][:10, ::4, ::4]  # fewer than 1 / 0.05 = 20 held-out images
+    ev = GanEvaluator(_image_set(small, "val"), metrics=("memorisation",), n_fake=10,
+                      real_train=_image_set(xrays["train"][:, ::4, ::4], "train"), latent_dim=4,
+                      device="cpu")
+    assert "needs at least 20" in ev.protocol["skipped"]["memorised_share"]
+    assert "memorised_share" not in ev(_Replay(small), epoch=0)

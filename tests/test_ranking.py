@@ -186,3 +186,18 @@ def test_a_search_whose_epochs_lack_the_policys_metrics_still_finishes(tmp_path,
     tag = client.get_run(parent).data.tags["cxr.best"]
     assert tag.startswith("none: no epoch could be ranked") and "g_loss" in tag
     assert "no epoch could be ranked" in capsys.readouterr().out
+
+
+def test_a_copying_epoch_is_never_selected_by_any_policy():
+    """Issue 23's gate: an epoch whose memorised_share is above --max-memorised is excluded
+    from every policy with its reason, even with the best FID and CAS; all copying: nothing."""
+    t = _table().assign(memorised_share=[0.0, 0.01, 0.0, 0.0, 0.6, 0.02])
+    for policy in ranking.POLICIES:
+        r = ranking.rank(t, policy)
+        copying = r[r["trial_id"].eq("b") & r["epoch"].eq(1)].iloc[0]
+        assert copying["status"] == "memorised" and "memorised_share=0.60 > 0.05" in copying["reason"]
+        assert ("b", 1) not in _order(r)
+    assert ranking.rank(t, "staged", max_memorised=0.7)["status"].eq("ranked").sum() > \
+        ranking.rank(t, "staged")["status"].eq("ranked").sum()
+    everything = ranking.rank(t.assign(memorised_share=0.9), "staged")
+    assert set(everything["status"]) == {"memorised"}

@@ -70,6 +70,8 @@ def test_smoke_search_end_to_end(smoke_store):
     assert sorted(m.step for m in history) == list(range(len(history)))
     grids = [a.path for a in client.list_artifacts(children[0].info.run_id, "grids")]
     assert grids and all(g.endswith(".png") for g in grids)
+    views = {a.path for a in client.list_artifacts(parent.info.run_id, "memorisation")}
+    assert views == {"memorisation/most_copied.png"}, parent.data.tags.get("cxr.copy_view_skipped")
     ranking = {a.path for a in client.list_artifacts(parent.info.run_id, "ranking")}
     assert {"ranking/ranking.csv", "ranking/ranking.parquet"} <= ranking
     best_trial = parent.data.tags["cxr.best_trial_id"]
@@ -83,6 +85,11 @@ def test_smoke_search_end_to_end(smoke_store):
     table = load_epoch_table(name, smoke_store.uri).set_index(["trial_id", "epoch"])
     champion = table.loc[(best_trial, best_epoch)]
     assert champion["constant_frac"] < 0.5 and champion["diversity_ratio"] >= 0.25, champion
+    # ... nor one that copies its training images (issue 23): measured every epoch, the gate
+    # passed, the figures on the model version
+    assert table["memorised_share"].notna().all() and champion["memorised_share"] <= 0.05
+    assert float(version.tags["memorised_share"]) == pytest.approx(champion["memorised_share"],
+                                                                   abs=1e-3)
     # MLflow as its users expect it (issue 14): grids as an image series with epochs as
     # steps, the source commit, the search's summary metrics, links in the description
     best_run = client.get_run(parent.data.tags["cxr.best_run_id"])
@@ -99,7 +106,8 @@ def test_smoke_search_end_to_end(smoke_store):
     for logged in (parent, best_run):
         (data,) = logged.inputs.dataset_inputs
         assert data.dataset.digest == parent.data.tags["cxr.data_fingerprint"][:36]
-    assert {"eval/fid", "train/g_loss", "search/keep_score"} <= set(best_run.data.metrics)
+    assert {"eval/fid", "train/g_loss", "search/keep_score", "eval/memorised_share",
+            "eval/precision", "eval/coverage"} <= set(best_run.data.metrics)
     assert "fid_protocol.dims" in best_run.data.params and "epoch" not in best_run.data.metrics
     kind = client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"]
     assert kind == "custom_model_development"

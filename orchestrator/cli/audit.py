@@ -134,24 +134,6 @@ def copied_pairs(result: dict, fake_names: Sequence[str], train_names: Sequence[
              "copy": bool(result["distances"][i] < result["threshold"])} for i in order]
 
 
-def most_copied_figure(fakes: np.ndarray, train: np.ndarray, pairs: list[dict], threshold: float):
-    """Each pair as a row: the fake beside its nearest training image, with the distance."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.0, 2.1 * max(len(pairs), 1)), layout="constrained")
-    axes = fig.subplots(max(len(pairs), 1), 2, squeeze=False)
-    for row, (pair, fake) in enumerate(zip(pairs, fakes)):
-        mark = "COPY" if pair["copy"] else "ok"
-        for ax, img, title in ((axes[row, 0], fake, f"synthetic  d={pair['distance']:.3f} {mark}"),
-                               (axes[row, 1], train[pair["training_index"]],
-                                f"training #{pair['training_index']}")):
-            ax.imshow(np.asarray(img)[..., 0], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    fig.suptitle(f"most-copied pairs (copy: d < {threshold:.3f})", fontsize=8)
-    return fig
-
-
 def audit(fakes: np.ndarray, train: np.ndarray, heldout: np.ndarray, *, space: str, q: float,
           k: int, extractor=None) -> dict:
     """Memorisation and PRDC of uint8 fakes against the training and held-out images."""
@@ -204,7 +186,7 @@ def run(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     from trainables.figures import save
     top_fakes = fakes[np.argsort(result["distances"], kind="stable")[:a.top]]
-    fig_path = save(most_copied_figure(top_fakes, train_images, pairs, result["threshold"]),
+    fig_path = save(mem.most_copied_figure(top_fakes, train_images, pairs, result["threshold"]),
                     out / "most_copied.png")
     json_path = Path(a.json) if a.json else out / "audit.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)

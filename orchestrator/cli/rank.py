@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-constant-frac", type=float, default=ranking.MAX_CONSTANT_FRAC,
                    help="never rank an epoch where this share of the fakes is one flat image "
                         f"(default {ranking.MAX_CONSTANT_FRAC})")
+    p.add_argument("--max-memorised", type=float, metavar="SHARE",
+                   help="never rank an epoch whose memorised_share is above SHARE (default: "
+                        "the search's --max-memorised, else 0.05)")
     p.add_argument("--shortlist", type=int, default=10,
                    help="staged: how many epochs stage 1 keeps for CAS (default 10)")
     p.add_argument("--objectives", default="cas_acc,fid",
@@ -77,7 +80,8 @@ def search_config(record: SearchRecord, policy: str) -> SearchConfig:
     return SearchConfig(experiment=experiment, preset=params.get("preset", "s0"),
                         name=record.name, mlflow_uri=record.tracking_uri, policy=policy,
                         smoke=params.get("smoke") == "True",
-                        objective=params.get("objective") or None)
+                        objective=params.get("objective") or None,
+                        max_memorised=float(params.get("max_memorised", ranking.MAX_MEMORISED)))
 
 
 def shown(ranked: pd.DataFrame, rows: int = 10) -> str:
@@ -103,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                "pareto": {"objectives": tuple(args.objectives.split(","))},
                "weighted": {"weights": _weights(args.weights)}}[args.policy]
     limit = args.min_diversity if args.min_diversity is not None else cfg.diversity_limit()
+    memorised = args.max_memorised if args.max_memorised is not None else cfg.max_memorised
     ranked = ranking.rank(table, args.policy, verdicts, min_diversity=limit,
-                          max_constant_frac=args.max_constant_frac, **options)
+                          max_constant_frac=args.max_constant_frac, max_memorised=memorised,
+                          **options)
     out = args.out or Path("rankings") / record.name
     pq, csv = ranking.write_ranking(ranked, out, f"ranking_{args.policy}")
     print(shown(ranked))

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import torch
 
 from orchestrator import registry
-from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, ConfigError, SearchConfig,
-                                 validate)
+from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, MAX_MEMORISED, ConfigError,
+                                 SearchConfig, validate)
 from orchestrator.pipeline import run_search
 from trainables.gan.presets import PRESETS
 
@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-diversity", type=float, metavar="RATIO",
                    help="never select an epoch whose within-class diversity ratio (fakes vs "
                         "real) is below RATIO (default 0.4; 0.25 at the smoke budget)")
+    p.add_argument("--max-memorised", type=float, default=MAX_MEMORISED, metavar="SHARE",
+                   help="never select an epoch whose memorised_share (fakes nearer a training "
+                        "image than almost any unseen real image) is above SHARE (default 0.05)")
     p.add_argument("--asha-grace", type=float, default=0.25, metavar="SHARE",
                    help="ASHA stops no trial before this share of the epochs (default 0.25)")
     p.add_argument("--policy", choices=list(registry.POLICIES), default="staged",
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPUs or several workers")
     p.add_argument("--eval-metrics",
                    help="comma-separated per-epoch evaluation metrics "
-                        "(fid,kid,intra_fid,is,cas,visual); default depends on --smoke")
+                        "(fid,kid,intra_fid,is,cas,visual,memorisation); default depends on --smoke")
     p.add_argument("--eval-every", type=int, help="evaluate every k epochs")
     p.add_argument("--tune", action="store_true",
                    help="classifier: search its hyper-parameters (lr, batch size, dropout, "
@@ -123,7 +126,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
         eval_every=args.eval_every, duplicates=args.duplicates, tune=args.tune,
         skip_bad=args.skip_bad, no_pretrained=args.no_pretrained,
         keep_epochs=args.keep_epochs, asha_grace=args.asha_grace, force=args.force,
-        min_diversity=args.min_diversity,
+        min_diversity=args.min_diversity, max_memorised=args.max_memorised,
         overrides=tuple(args.overrides))
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():

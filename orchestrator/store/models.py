@@ -27,9 +27,11 @@ def registered_model_name(experiment: str) -> str:
     return f"cxr-{experiment}-generator"
 
 
-def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optional[dict]:
+def register_generator(cfg, run_id: str, checkpoint: str, epoch: int,
+                       tags: Optional[dict[str, str]] = None) -> Optional[dict]:
     """Log the best epoch's generator and register it as `cxr-<family>-generator`, alias
     `champion`; returns {"name", "version", "alias"} (None without a generator.pt).
+    ``tags`` (e.g. the epoch's memorisation figures) are set on the version too.
 
     The run gets `best_generator_epoch_XXXX/generator.pt` (what `generator_artifact` reads).
     The registered model is an MLflow pyfunc "model from code" (`trainables.gan.mlflow_model`,
@@ -62,7 +64,8 @@ def register_generator(cfg, run_id: str, checkpoint: str, epoch: int) -> Optiona
     client.set_registered_model_alias(name, CHAMPION, version)
     for key, value in {"search": cfg.name, "epoch": str(epoch), "classes": ",".join(classes),
                        "latent_dim": str(gan_cfg.latent_dim), "family": gan_cfg.family,
-                       "source_run_id": run_id, **_data_tags(client, run_id)}.items():
+                       "source_run_id": run_id, **_data_tags(client, run_id),
+                       **(tags or {})}.items():
         client.set_model_version_tag(name, version, key, value)
     return {"name": name, "version": str(version), "alias": CHAMPION}
 

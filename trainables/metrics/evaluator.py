@@ -10,6 +10,13 @@ real validation set has images of that class, and reports beside it the same cla
 accuracy when trained on as many *real* training images (`cas_real_acc`, the ceiling).  A
 ceiling whose 95 % interval reaches chance (the majority-class rate) means CAS cannot
 measure anything at this budget: CAS is then skipped with that reason.
+
+Memorisation (issue 23): each fake's distance to its nearest *training* image in pixel space
+(32 px standardised thumbnails, no network needed), against the q-quantile of the real
+validation images' nearest-training distances (`trainables.metrics.memorisation`):
+`memorised_share` is the share of fakes closer to a training image than almost any real
+image the generator never saw.  With Inception features, precision / recall / density /
+coverage (Naeem et al. 2020) of the fakes against the real set come beside it.
 """
 from __future__ import annotations
 
@@ -22,9 +29,11 @@ import numpy as np
 import torch
 
 from trainables.data.selection import subset
+from trainables.figures import save as save_figure
 from trainables.gan.sampling import draw_latent
 
 from . import cas as cas_mod
+from . import memorisation as memo
 from . import visual
 from .features import InceptionExtractor, WeightsNotFoundError, load_extractor, to_uint8
 from .frechet import frechet_distance_from_features
@@ -35,7 +44,7 @@ from .tsne import tsne_plot
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "intra_fid", "is", "cas", "visual")
+METRICS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation")
 _FEATURE_METRICS = ("fid", "kid", "intra_fid", "is")
 
 
@@ -87,6 +96,7 @@ class GanEvaluator:
             self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
         self._real_float = _float_images(real.images)
         self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
+        self._memo = self._memorisation_reference() if "memorisation" in self.metrics else None
 
     # -- set-up -------------------------------------------------------------------------
     def _skip(self, metric: str, reason: str) -> None:
@@ -158,6 +168,26 @@ class GanEvaluator:
                        "(raise cas_epochs / cas_size, or use more validation images)")
         return {"model": model, "ceiling": ceiling, "chance": chance}
 
+    def _memorisation_reference(self, q: float = memo.DEFAULT_Q) -> dict | None:
+        """Training images' thumbnails and the "not a copy" threshold: the q-quantile of the
+        real validation images' nearest-training distances (computed once per trial)."""
+        if self.real_train is None:
+            self._skip("memorised_share", "no real_train images given: memorisation compares "
+                       "each fake with the training images")
+            return None
+        if len(self.real) < memo.min_heldout(q):
+            self._skip("memorised_share", f"the real validation set has {len(self.real)} "
+                       f"images; the {q:g}-quantile of their distances needs at least "
+                       f"{memo.min_heldout(q)}")
+            return None
+        train = memo.pixel_features(np.asarray(self.real_train.images))
+        held, _ = memo.nearest_distances(memo.pixel_features(np.asarray(self.real.images)), train)
+        threshold = float(np.quantile(held, q))
+        self.protocol.update(memorised_space=f"pixel {memo.SIDE}x{memo.SIDE} standardised",
+                             memorised_q=q, memorised_threshold=threshold,
+                             memorised_n_train=int(len(train)))
+        return {"train": train, "threshold": threshold}
+
     # -- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, G: torch.nn.Module, z: torch.Tensor | None = None,
@@ -190,8 +220,42 @@ class GanEvaluator:
             out.update(self._cas(G))
         if "visual" in self.metrics:
             out.update(self._visual(fake_f, labels, aux_classifier))
+        if self._memo is not None:
+            out.update(self.memorisation(fake))
         out["eval_seconds"] = time.perf_counter() - t0
         return out
+
+    def memorisation(self, fake: np.ndarray) -> dict[str, float]:
+        """memorised_share of uint8 NHWC fakes and their median nearest-training distance."""
+        dist, _ = memo.nearest_distances(memo.pixel_features(fake), self._memo["train"])
+        return {"memorised_share": float(np.mean(dist < self._memo["threshold"])),
+                "nn_train_distance": float(np.median(dist))}
+
+    def most_copied(self, G: torch.nn.Module, top: int = 8) -> list[tuple[int, int, float]]:
+        """(fake index, training index, distance) of G's fixed-set fakes nearest a training
+        image, closest first (what the champion's copy view shows)."""
+        if self._memo is None:
+            return []
+        return self._nearest_pairs(self.generate(G), top)
+
+    def _nearest_pairs(self, fakes: np.ndarray, top: int) -> list[tuple[int, int, float]]:
+        dist, idx = memo.nearest_distances(memo.pixel_features(fakes), self._memo["train"])
+        order = np.argsort(dist, kind="stable")[:top]
+        return [(int(i), int(idx[i]), float(dist[i])) for i in order]
+
+    def copy_view(self, G: torch.nn.Module, out_png, top: int = 8) -> Path:
+        """PNG of G's fakes nearest a training image beside those images, with distances."""
+        if self._memo is None:
+            raise RuntimeError("memorisation was not measured: " + self.protocol["skipped"].get(
+                "memorised_share", "'memorisation' is not among the metrics"))
+        fakes = self.generate(G)
+        found = self._nearest_pairs(fakes, top)
+        pairs = [{"training_index": t, "distance": d, "copy": d < self._memo["threshold"]}
+                 for _, t, d in found]
+        fig = memo.most_copied_figure(fakes[[i for i, _, _ in found]],
+                                      np.asarray(self.real_train.images), pairs,
+                                      self._memo["threshold"])
+        return save_figure(fig, out_png)
 
     def fid_of(self, images: np.ndarray) -> float:
         """FID of any uint8 NHWC images against the real set (e.g. real-vs-real: the floor
@@ -244,6 +308,8 @@ class GanEvaluator:
             out["is"], out["is_std"] = inception_score(logits, splits=min(10, len(f)))
         if "visual" in self.metrics:
             out["diversity_ratio"] = visual.diversity_ratio(f, labels, rf, rl)
+        if "memorisation" in self.metrics and min(len(rf), len(f)) > memo.DEFAULT_K:
+            out.update(memo.prdc(rf, f, k=memo.DEFAULT_K))
         return out
 
     def _visual(self, fake: torch.Tensor, labels: np.ndarray, aux) -> dict[str, float]:

@@ -155,3 +155,21 @@ def pixel_features(images: np.ndarray, side: int = SIDE) -> np.ndarray:
         pil = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
         out[i] = np.asarray(pil.convert("L").resize((side, side), Image.Resampling.BILINEAR))
     return standardise(out)
+
+
+def most_copied_figure(fakes: np.ndarray, train: np.ndarray, pairs: list[dict], threshold: float):
+    """Each pair as a row: the fake beside its nearest training image, with the distance."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.0, 2.1 * max(len(pairs), 1)), layout="constrained")
+    axes = fig.subplots(max(len(pairs), 1), 2, squeeze=False)
+    for row, (pair, fake) in enumerate(zip(pairs, fakes)):
+        mark = "COPY" if pair["copy"] else "ok"
+        for ax, img, title in ((axes[row, 0], fake, f"synthetic  d={pair['distance']:.3f} {mark}"),
+                               (axes[row, 1], train[pair["training_index"]],
+                                f"training #{pair['training_index']}")):
+            ax.imshow(np.asarray(img)[..., 0], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.suptitle(f"most-copied pairs (copy: d < {threshold:.3f})", fontsize=8)
+    return fig

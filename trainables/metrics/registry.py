@@ -54,6 +54,18 @@ METRICS: dict[str, Metric] = _table(
     Metric("ref_class_acc", "max", "gan",
            "fraction of fakes an independent classifier assigns to the class asked for",
            objective=False),
+    # Memorisation (GanEvaluator "memorisation"): does the generator copy its training images?
+    Metric("memorised_share", "min", "gan",
+           "share of fakes nearer a training image than the 5 % quantile of unseen real "
+           "images' nearest-training distances (pixel space)", objective=False),
+    Metric("precision", "max", "gan", "PRDC precision: share of fakes inside the real k-NN "
+           "manifold (Inception features)", objective=False),
+    Metric("recall", "max", "gan", "PRDC recall: share of real images inside the fakes' k-NN "
+           "manifold", objective=False),
+    Metric("density", "max", "gan", "PRDC density: mean number of real k-NN balls holding a "
+           "fake, over k", objective=False),
+    Metric("coverage", "max", "gan", "PRDC coverage: share of real images whose k-NN ball "
+           "holds a fake", objective=False),
     # The GAN loop's per-epoch means (trainables.gan.loop.train_epoch).
     Metric("g_loss", "min", "gan", "generator loss, mean over the epoch's G steps"),
     Metric("d_fake_acc", "min", "gan", "fraction of fakes the discriminator calls fake"),
