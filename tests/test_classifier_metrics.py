@@ -13,11 +13,10 @@ from trainables.classifier.metrics import (
     classification_metrics,
     confusion,
     mcnemar,
-    mcnemar_per_seed,
     per_class,
     save_confusion_png,
-    seed_interval,
 )
+from trainables.classifier.stats import mcnemar_per_seed, seed_interval
 from trainables.classifier.strategies import (
     balanced_weights,
     build_train_set,

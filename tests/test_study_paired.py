@@ -18,8 +18,8 @@ from orchestrator.study.config import StudyConfig, parse_minority
 from orchestrator.store.models import RegisteredGenerator, register_generator
 from trainables.classifier.study import (compare, data_fingerprint, paired_markdown, rare_class_source,
                                 run_study, verdict)
-from trainables.classifier.metrics import (accuracy, macro_f1, mcnemar, mcnemar_per_seed,
-                                           paired_bootstrap)
+from trainables.classifier.metrics import accuracy, macro_f1, mcnemar, paired_bootstrap
+from trainables.classifier.stats import mcnemar_per_seed
 from trainables.classifier.strategies import keep_share
 from trainables.data import load_image_set
 from trainables.data.selection import load_selection_sets

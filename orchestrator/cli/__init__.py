@@ -1,1 +1,25 @@
 """The commands: argparse -> `main(argv)`; `python -m orchestrator.<command>` runs them."""
+
+import sys
+from typing import Callable, TypeVar
+
+Config = TypeVar("Config")
+
+
+def parse_then_run(parse: Callable[[], Config], run: Callable[[Config], object]) -> int:
+    """The commands' shared ending: a bad option (ValueError while parsing) or a bad setting
+    found before anything started (ConfigError while running) is one `error:` line and exit
+    code 2; success is 0."""
+    from orchestrator.config import ConfigError
+
+    try:
+        cfg = parse()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

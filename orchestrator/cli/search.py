@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import torch
 
 from orchestrator import registry
-from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, MAX_MEMORISED, ConfigError,
-                                 SearchConfig, validate)
+from orchestrator.cli import parse_then_run
+from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, MAX_MEMORISED, SearchConfig, validate)
 from orchestrator.pipeline import run_search
 from trainables.gan.presets import PRESETS
 
@@ -151,17 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from orchestrator.study.cli import main as study_main
 
         return study_main(argv[1:], prog="python -m orchestrator.search classifier")
-    try:
-        cfg = config_from_args(argv)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run_search(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return parse_then_run(lambda: config_from_args(argv), run_search)
 
 
 if __name__ == "__main__":

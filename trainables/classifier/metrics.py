@@ -2,7 +2,7 @@
 paired comparison of two sets of models on the same test images.
 
 Intervals over seeds *and* test images, Holm's correction, per-seed McNemar and AUROC live
-in `trainables.classifier.stats` and are re-exported here."""
+in `trainables.classifier.stats`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -12,28 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
-from trainables.classifier.stats import (
-    Interval,
-    McNemar,
-    auroc_of,
-    auroc_per_class,
-    binary_auroc,
-    class_intervals,
-    holm,
-    macro_auroc,
-    mcnemar_per_seed,
-    paired_interval,
-    seed_interval,
-    sensitivity_of,
-    specificity_of,
-)
+from trainables.classifier.stats import mcnemar_per_seed
 from trainables.figures import save as save_figure
-
-__all__ = ["Interval", "McNemar", "accuracy", "auroc_of", "auroc_per_class", "binary_auroc",
-           "bootstrap_ci", "class_intervals", "classification_metrics", "confusion", "holm",
-           "macro_auroc", "macro_f1", "mcnemar", "mcnemar_per_seed", "paired_bootstrap",
-           "paired_interval", "per_class", "report_text", "save_confusion_png",
-           "seed_interval", "sensitivity_of", "specificity_of"]
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
