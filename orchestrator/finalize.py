@@ -18,8 +18,8 @@ from trainables.trial import TrialSettings, load_selection
 
 
 # The champion's model version carries these figures of its epoch as tags (issue 23).
-MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "precision", "recall", "density",
-                     "coverage")
+MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "memorised_share_inception",
+                     "nn_train_distance_inception", "precision", "recall", "density", "coverage")
 
 
 def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:

@@ -21,7 +21,7 @@ from matplotlib.image import imread
 from trainables.figures import save as save_figure
 
 LOSS_METRICS = ("g_loss", "d_loss")
-CURVE_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "cas_f1")
+CURVE_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "memorised_share")
 BEST_STYLE = dict(marker="*", s=260, color="crimson", edgecolor="black", zorder=5)
 
 

@@ -23,7 +23,7 @@ from orchestrator.config import DEFAULT_MLFLOW_URI
 from orchestrator.store.reader import (SearchRecord, StoreError, fid_protocol, grid_image,
                                        load_epoch_table, load_ranking, load_search,
                                        metric_columns, search_objectives, selected_epoch,
-                                       trial_params, tsne_images)
+                                       trial_params, run_images)
 from trainables.data import DataError
 from trainables.data.selection import load_selection_sets
 from trainables.metrics.registry import METRICS, OBJECTIVES
@@ -133,14 +133,21 @@ def _figures(rep: _Report, record, table, ranking, best, objectives, top_k: int)
                    lambda: plots.pareto_front(table, axes[0], axes[1], best))
     rep.figure(f"Sample grids of the top-{top_k} epochs beside real images", "top_grids.png",
                lambda: top_grids_figure(record, ranking, top_k, rep.missing))
-    tsne = tsne_images(record, best, rep.downloads)
-    if not tsne:
-        rep.missing.append("t-SNE: no tsne/*.png artefact on the parent run or the selected "
-                           "trial's run")
-    for i, path in enumerate(tsne):
-        name = f"tsne_{i}.png"
+    _run_images(rep, record, best, "tsne", "t-SNE of real vs synthetic features")
+    _run_images(rep, record, best, "memorisation", "The selected generator's fakes nearest a "
+                "training image, beside those images (distance; COPY below the threshold)")
+
+
+def _run_images(rep: _Report, record, best, folder: str, caption: str) -> None:
+    """Copy the parent's and the selected trial's `<folder>/*.png` into the report."""
+    found = run_images(record, best, rep.downloads / folder, folder)
+    if not found:
+        rep.missing.append(f"{caption}: no {folder}/*.png artefact on the parent run or the "
+                           "selected trial's run")
+    for i, path in enumerate(found):
+        name = f"{folder}_{i}.png"
         shutil.copyfile(path, rep.out_dir / name)
-        rep.figures.append((f"t-SNE of real vs synthetic features ({path.name})", name))
+        rep.figures.append((f"{caption} (logged as {folder}/{path.name})", name))
 
 
 def top_grids_figure(record: SearchRecord, ranking: Optional[pd.DataFrame],

@@ -215,6 +215,48 @@ def test_audit_user_errors_are_one_line_and_exit_2(small_source, tmp_path, capsy
     assert expected in err
 
 
+def test_audit_draws_from_a_generator(small_source, tmp_path, capsys):
+    """--generator instead of --synthetic: the images are drawn first (the same export as
+    `generate`); an untrained generator draws noise, which copies nothing."""
+    from trainables.gan import GANConfig
+    from trainables.gan.build import build_generator
+    from trainables.gan.checkpoint import save_generator
+
+    root, _ = small_source
+    cfg = GANConfig(family="acgan", resolution=32, channels=1, width=0.125)
+    (tmp_path / "ep").mkdir()
+    save_generator(tmp_path / "ep", build_generator(cfg, 2), cfg, ("COVID-19", "Normal"), (0, 1))
+    out = tmp_path / "out"
+    rc = audit_cli.main(["--generator", str(tmp_path / "ep"), "--per-class", "15",
+                         "--data", str(root / "src"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "audit.json").read_text())
+    assert result["n_synthetic"] == 30 and result["generator"] == str(tmp_path / "ep")
+    assert result["memorised_share"] <= 0.1 and (out / "synthetic" / "manifest.csv").is_file()
+    assert audit_cli.main(["--generator", str(tmp_path / "ep"), "--data", str(root / "src"),
+                           "--out", str(out)]) == 2  # never mixes two exports
+    assert "already holds an export" in capsys.readouterr().err
+
+
+def test_audit_generator_errors_name_the_generator(tmp_path, capsys):
+    missing = str(tmp_path / "nope" / "generator.pt")
+    assert audit_cli.main(["--generator", missing, "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --generator {missing}: no such file or folder"
+
+
+def test_audit_defaults_match_the_metric_module_and_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    assert (audit_cli.DEFAULT_Q, audit_cli.DEFAULT_K) == (mem.DEFAULT_Q, mem.DEFAULT_K)
+    code = ("import sys; from orchestrator.cli.audit import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'mlflow', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("[]")
+
+
 # ------------------------------------------------------------------------------ per epoch
 class _Replay(torch.nn.Module):
     """A "generator" that returns stored images in turn: its training images (a copier)
@@ -273,3 +315,25 @@ def test_the_evaluator_skips_memorisation_with_a_reason_when_it_cannot_measure(x
                       device="cpu")
     assert "needs at least 20" in ev.protocol["skipped"]["memorised_share"]
     assert "memorised_share" not in ev(_Replay(small), epoch=0)
+
+
+def test_the_evaluator_measures_copies_in_inception_space_too(xrays, tmp_path):
+    """Issue 23 item 1: beside pixels, the nearest-training distance in the FID network's
+    feature space, whose training features are cached like the real statistics."""
+    from trainables.metrics.evaluator import GanEvaluator
+    from trainables.metrics.features import WeightsNotFoundError, load_extractor
+    try:
+        load_extractor("tf-inception-torchscript", dims=2048, device="cpu")
+    except WeightsNotFoundError as exc:
+        pytest.skip(str(exc))
+    train = xrays["train"][:60, ::4, ::4]
+    heldout, unseen = xrays["heldout"][:40, ::4, ::4], xrays["unseen"][:40, ::4, ::4]
+    ev = GanEvaluator(_image_set(heldout, "val"), metrics=("fid", "memorisation"), n_fake=40,
+                      real_train=_image_set(train, "train"), latent_dim=4, device="cpu",
+                      extractor="tf-inception-torchscript", dims=2048, cache_dir=tmp_path)
+    copier = ev(_Replay(train), epoch=0)
+    assert copier["memorised_share_inception"] >= 0.9
+    assert copier["nn_train_distance_inception"] < 1e-2 * ev.protocol["memorised_inception_threshold"]
+    honest = ev(_Replay(unseen), epoch=1)
+    assert honest["memorised_share_inception"] <= 0.15
+    assert ev.cache.misses == 2  # validation statistics and training features, each once

@@ -95,7 +95,9 @@ def build_fake_search(root: Path, data: str, *, with_best_tags: bool = True,
     ranking.to_parquet(tmp / "ranking.parquet")
     for name in ("ranking.csv", "ranking.parquet"):
         client.log_artifact(parent, str(tmp / name), artifact_path="ranking")
-    if with_best_tags:
+    if with_best_tags:  # a finished search also has the champion's copy view
+        client.log_artifact(parent, str(_grid_png(tmp / "most_copied.png", 120)),
+                            artifact_path="memorisation")
         client.set_tag(parent, "cxr.best_trial_id", BEST[0])
         client.set_tag(parent, "cxr.best_epoch", str(BEST[1]))
         client.set_tag(parent, "cxr.best_run_id", run_ids[BEST[0]])
@@ -159,7 +161,10 @@ def test_report_command_writes_figures_and_names_the_ranked_best(store, tmp_path
     assert "| cas_acc | 0.62 | [0.52, 0.72] |" in md
     assert "| kid | 0.18 | [0.13, 0.23] |" in md
     assert "## FID protocol\n\nnot recorded" in md
-    assert "t-SNE: no tsne/*.png artefact" in md
+    assert "no tsne/*.png artefact" in md
+    assert (out / "memorisation_0.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](memorisation_0.png)" in md
+    assert "(logged as memorisation/most_copied.png)" in md
     for fig in ("loss_curves.png", "top_grids.png", "pareto_front.png"):
         assert f"]({fig})" in md
     assert "real images beside the grids" not in md  # the real grid was drawn

@@ -1,10 +1,11 @@
-"""`python -m orchestrator.audit`: does a folder of synthetic X-rays copy the training set?
+"""`python -m orchestrator.audit`: does a folder of synthetic X-rays (or a generator) copy the training set?
 
     python -m orchestrator.audit --synthetic synth/ --data ../shared/data/covid19-radiography-subset \\
         [--heldout DIR] [--space pixel|inception] [--q 0.05] [--k 5] [--top 8] [--json FILE] [--out DIR]
+    python -m orchestrator.audit --generator models:/cxr-acgan-generator@champion --data ...
 
 Reads the synthetic images (PNG/JPEG, recursively, e.g. what `python -m orchestrator.generate`
-writes), the training images of --data through the project's data loader (the fit set of
+writes; with --generator, images it draws first into <out>/synthetic), the training images of --data through the project's data loader (the fit set of
 `load_selection_sets`, what a search trains on) and held-out real images (--heldout, a
 folder of images; by default the source's validation hold-out, never its test split). All
 are compared at one resolution, in pixel space (32 px grey thumbnails) or Inception space,
@@ -22,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.data import DataError
-from trainables.data.preprocess import PreprocessConfig, decode_image, preprocess
-from trainables.metrics import memorisation as mem
-
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SPACES = ("pixel", "inception")
+# trainables.metrics.memorisation's defaults, written here so that --help imports no torch
+# (tests/test_memorisation.py checks they agree).
+DEFAULT_Q, DEFAULT_K = 0.05, 5
 
 
 class AuditError(Exception):
@@ -37,17 +37,25 @@ class AuditError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.audit",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--synthetic", required=True, help="folder of synthetic PNG/JPEG images "
-                   "(read recursively)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--synthetic", help="folder of synthetic PNG/JPEG images (read "
+                        "recursively)")
+    source.add_argument("--generator", help="a generator to draw the images from: "
+                        "models:/NAME@ALIAS, NAME@ALIAS, NAME/VERSION, runs:/RUN_ID (looked up "
+                        "in --mlflow-uri), or a generator.pt / state.pt / checkpoint folder")
+    p.add_argument("--per-class", type=int, default=100, help="with --generator: images drawn "
+                   "per class (default 100)")
+    p.add_argument("--mlflow-uri", default=None, help="with --generator: the MLflow store to "
+                   "look the model up in (default: the search's default store)")
     p.add_argument("--data", default=None, help="the training data source (as for "
                    "`python -m orchestrator.search --data`); required")
     p.add_argument("--heldout", default=None, help="folder of held-out real images (default: "
                    "the source's validation hold-out)")
     p.add_argument("--space", choices=SPACES, default="pixel", help="pixel: 32 px grey "
                    "standardised thumbnails (fast); inception: 2048-d FID Inception features")
-    p.add_argument("--q", type=float, default=mem.DEFAULT_Q, help="quantile of held-out "
-                   f"nearest-training distances below which a fake is a copy (default {mem.DEFAULT_Q})")
-    p.add_argument("--k", type=int, default=mem.DEFAULT_K, help=f"PRDC's k (default {mem.DEFAULT_K})")
+    p.add_argument("--q", type=float, default=DEFAULT_Q, help="quantile of held-out "
+                   f"nearest-training distances below which a fake is a copy (default {DEFAULT_Q})")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"PRDC's k (default {DEFAULT_K})")
     p.add_argument("--top", type=int, default=8, help="most-copied pairs to print and draw")
     p.add_argument("--resolution", type=int, default=None, help="compare at this size "
                    "(default: the commonest size of the synthetic images)")
@@ -73,6 +81,9 @@ def image_files(folder: str | Path) -> list[Path]:
 def read_images(files: Sequence[Path], resolution: int | None) -> tuple[np.ndarray, int, int]:
     """(uint8 (N, R, R, 1) grey images, R, how many were resized to R). R defaults to the
     commonest side of the files, so a folder written by one generator is not resized."""
+    from trainables.data import DataError
+    from trainables.data.preprocess import PreprocessConfig, decode_image, preprocess
+
     try:
         decoded = [decode_image(f) for f in files]
     except DataError as exc:
@@ -87,9 +98,8 @@ def read_images(files: Sequence[Path], resolution: int | None) -> tuple[np.ndarr
 
 def load_reference(data: str, heldout: str | None, resolution: int, duplicates: str):
     """(training ImageSet, held-out uint8 images, held-out description)."""
-    from trainables.data.selection import (
-        load_selection_sets,  # reads manifests: not at import
-    )
+    from trainables.data import DataError
+    from trainables.data.selection import load_selection_sets
 
     if data != "default" and not Path(data).exists():
         raise AuditError(f"--data {data}: no such file or folder")
@@ -108,6 +118,8 @@ def load_reference(data: str, heldout: str | None, resolution: int, duplicates: 
 
 def features(images: np.ndarray, space: str, extractor=None) -> np.ndarray:
     """Feature rows of uint8 NHWC images in ``space``."""
+    from trainables.metrics import memorisation as mem
+
     if space == "pixel":
         return mem.pixel_features(images)
     return extractor.features(images)[0]
@@ -124,6 +136,42 @@ def load_space(space: str, device: str):
         raise AuditError(str(exc)) from None
 
 
+def draw_from_generator(spec: str, per_class: int, mlflow_uri: str | None, out: Path,
+                        device: str) -> Path:
+    """Export ``per_class`` images per class from a registered model, a run or a local
+    checkpoint into ``out`` (the same export as `orchestrator.generate`)."""
+    from trainables.gan.export import export_synthetic
+
+    if per_class < 1:
+        raise AuditError(f"--per-class must be >= 1, got {per_class}")
+    checkpoint = Path(spec)
+    if not checkpoint.exists():
+        if spec.endswith((".pt", "/")) or spec.startswith((".", "/")):
+            raise AuditError(f"--generator {spec}: no such file or folder")
+        checkpoint = registered_generator(spec, mlflow_uri)
+    if (out / "manifest.csv").exists():
+        raise AuditError(f"{out} already holds an export: choose another --out (audits never "
+                         "mix images of two generators)")
+    try:
+        export_synthetic(checkpoint, per_class, out, device=device)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise AuditError(f"--generator {spec}: {exc}") from None
+    print(f"drew {per_class} images per class from {spec} into {out}")
+    return out
+
+
+def registered_generator(spec: str, mlflow_uri: str | None) -> Path:
+    """generator.pt of a model version or run in MLflow (`generate --model`'s lookup)."""
+    from orchestrator.config import DEFAULT_MLFLOW_URI
+    from orchestrator.store.models import generator_artifact
+
+    uri = mlflow_uri or DEFAULT_MLFLOW_URI
+    try:
+        return generator_artifact(spec, uri)
+    except LookupError as exc:
+        raise AuditError(str(exc)) from None
+
+
 def copied_pairs(result: dict, fake_names: Sequence[str], train_names: Sequence[str],
                  top: int) -> list[dict]:
     """The ``top`` fakes closest to a training image, closest first."""
@@ -137,6 +185,8 @@ def copied_pairs(result: dict, fake_names: Sequence[str], train_names: Sequence[
 def audit(fakes: np.ndarray, train: np.ndarray, heldout: np.ndarray, *, space: str, q: float,
           k: int, extractor=None) -> dict:
     """Memorisation and PRDC of uint8 fakes against the training and held-out images."""
+    from trainables.metrics import memorisation as mem
+
     f_fake, f_train, f_held = (features(x, space, extractor) for x in (fakes, train, heldout))
     try:
         result = mem.memorised_share(f_fake, f_train, f_held, q)
@@ -166,7 +216,9 @@ def run(a: argparse.Namespace) -> dict:
     """The audit the arguments ask for; AuditError on a user error."""
     if not a.data:
         raise AuditError("--data is required: the training data the generator was fitted on")
-    files = image_files(a.synthetic)
+    synthetic = a.synthetic or draw_from_generator(a.generator, a.per_class, a.mlflow_uri,
+                                                   Path(a.out) / "synthetic", a.device)
+    files = image_files(synthetic)
     fakes, resolution, resized = read_images(files, a.resolution)
     if resized:
         print(f"note: resized {resized} of {len(files)} synthetic image(s) to "
@@ -181,10 +233,11 @@ def run(a: argparse.Namespace) -> dict:
     meta = {"space": a.space, "k": k,
             "resolution": resolution, "n_training": len(train_images),
             "n_heldout": len(heldout), "heldout": held_from, "data": a.data,
-            "synthetic": str(a.synthetic)}
+            "synthetic": str(synthetic), "generator": a.generator}
     summary = report(result, pairs, meta)
     out = Path(a.out)
     from trainables.figures import save
+    from trainables.metrics import memorisation as mem
     top_fakes = fakes[np.argsort(result["distances"], kind="stable")[:a.top]]
     fig_path = save(mem.most_copied_figure(top_fakes, train_images, pairs, result["threshold"]),
                     out / "most_copied.png")

@@ -220,14 +220,16 @@ def grid_image(record: SearchRecord, trial_id: str, epoch: int, dst: Path) -> Op
     return out
 
 
-def tsne_images(record: SearchRecord, best: Optional[tuple[str, int]], dst: Path) -> list[Path]:
-    """`tsne/*.png` artefacts of the parent run and the selected trial, downloaded to dst."""
+def run_images(record: SearchRecord, best: Optional[tuple[str, int]], dst: Path,
+               folder: str) -> list[Path]:
+    """`<folder>/*.png` artefacts (tsne, memorisation) of the parent run and the selected
+    trial, downloaded to dst."""
     client = existing_client(record.tracking_uri)
     runs = [record.parent] + ([record.trials[best[0]]] if best and best[0] in record.trials
                               else [])
     out = []
     for run in runs:
-        for path in _artifact_paths(client, run.info.run_id, "tsne"):
+        for path in _artifact_paths(client, run.info.run_id, folder):
             if path.endswith(".png"):
                 out.append(_download(client, run.info.run_id, path, dst / run.info.run_id))
     return out

@@ -97,6 +97,7 @@ class GanEvaluator:
         self._real_float = _float_images(real.images)
         self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
         self._memo = self._memorisation_reference() if "memorisation" in self.metrics else None
+        self._memo_inception = None  # built at the first evaluation that has fake features
 
     # -- set-up -------------------------------------------------------------------------
     def _skip(self, metric: str, reason: str) -> None:
@@ -187,6 +188,30 @@ class GanEvaluator:
                              memorised_q=q, memorised_threshold=threshold,
                              memorised_n_train=int(len(train)))
         return {"train": train, "threshold": threshold}
+
+    def _inception_memo_reference(self, q: float = memo.DEFAULT_Q) -> dict:
+        """The same reference in Inception space: training images' features (cached like the
+        real statistics, once per data set) and the q-quantile of the validation images'
+        nearest-training distances.  Pixels catch copies; features catch copies that were
+        shifted, flipped or re-contrasted, which pixel distances miss."""
+        if self._memo_inception is None:
+            ex, train = self.extractor, self.real_train
+            key = stats_key(fingerprint=train.fingerprint, split=train.split,
+                            resolution=int(train.images.shape[1]), extractor=ex.name,
+                            weights_sha256=ex.weights_sha256, dims=ex.dims, n=len(train))
+            feats = self.cache.get(key, lambda: {
+                "features": ex.features(np.asarray(train.images), self.batch_size)[0]})["features"]
+            held, _ = memo.nearest_distances(self._real_stats()["features"], feats)
+            threshold = float(np.quantile(held, q))
+            self.protocol.update(memorised_inception_threshold=threshold)
+            self._memo_inception = {"train": feats, "threshold": threshold}
+        return self._memo_inception
+
+    def _inception_memorisation(self, fake_feats: np.ndarray) -> dict[str, float]:
+        ref = self._inception_memo_reference()
+        dist, _ = memo.nearest_distances(fake_feats, ref["train"])
+        return {"memorised_share_inception": float(np.mean(dist < ref["threshold"])),
+                "nn_train_distance_inception": float(np.median(dist))}
 
     # -- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -310,6 +335,8 @@ class GanEvaluator:
             out["diversity_ratio"] = visual.diversity_ratio(f, labels, rf, rl)
         if "memorisation" in self.metrics and min(len(rf), len(f)) > memo.DEFAULT_K:
             out.update(memo.prdc(rf, f, k=memo.DEFAULT_K))
+        if self._memo is not None:
+            out.update(self._inception_memorisation(f))
         return out
 
     def _visual(self, fake: torch.Tensor, labels: np.ndarray, aux) -> dict[str, float]:

@@ -58,6 +58,9 @@ METRICS: dict[str, Metric] = _table(
     Metric("memorised_share", "min", "gan",
            "share of fakes nearer a training image than the 5 % quantile of unseen real "
            "images' nearest-training distances (pixel space)", objective=False),
+    Metric("memorised_share_inception", "min", "gan",
+           "memorised_share in Inception feature space (catches shifted or re-contrasted "
+           "copies)", objective=False),
     Metric("precision", "max", "gan", "PRDC precision: share of fakes inside the real k-NN "
            "manifold (Inception features)", objective=False),
     Metric("recall", "max", "gan", "PRDC recall: share of real images inside the fakes' k-NN "
