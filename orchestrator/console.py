@@ -1,4 +1,5 @@
-"""What a search prints while it runs: one line per trial epoch (epoch/max, the objective and
+"""What a search prints while it runs: one line per trial epoch (the epoch, numbered from 0 as
+everywhere else, and how many of the budget have run; the objective and
 its best so far, g_loss, d_fake_acc), one line when a trial ends (finished, stopped by ASHA,
 diverged with the reason, failed), and a progress line for the whole search with an ETA and
 the best so far.  Ray's own status tables are switched off (`RunConfig(verbose=0)`, Ray's
@@ -74,7 +75,9 @@ class ConsoleCallback(Callback):
                                   (value < self.best[0] if self.mode == "min" else value > self.best[0])):
             self.best = (value, trial.trial_id, epoch)
         extras = "  ".join(f"{k} {_fmt(result[k])}" for k in EXTRA_KEYS if k in result)
-        self._print(f"trial {trial.trial_id}  epoch {epoch + 1}/{self.epochs}  {self.objective} "
+        # Epochs are numbered from 0 on every screen (MLflow steps, tags, registry, files):
+        # "epoch 2 (3/3)" is the third and last of three.
+        self._print(f"trial {trial.trial_id}  epoch {epoch} ({epoch + 1}/{self.epochs})  {self.objective} "
                     f"{_fmt(result.get(self.objective))} (best {_fmt(result.get('best_' + self.objective))})"
                     f"  {extras}".rstrip())
         if self.clock() - self.last_progress >= self.progress_every_s:
@@ -92,7 +95,8 @@ class ConsoleCallback(Callback):
         if last.get("diverged") == 1.0:
             return f"diverged: {last.get('stop_reason', '')}".rstrip(": ")
         done = self.epochs_done.get(trial.trial_id, 0)
-        return "finished" if done >= self.epochs else f"stopped by the scheduler at epoch {done}"
+        return "finished" if done >= self.epochs else (
+            f"stopped by the scheduler after epoch {done - 1} ({done} of {self.epochs} epochs)")
 
     def _ended(self, trial, how: str) -> None:
         self.ended[trial.trial_id] = how

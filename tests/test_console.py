@@ -36,8 +36,8 @@ def test_one_line_per_epoch_with_the_objective_and_a_progress_line_with_eta():
                                        "d_fake_acc": 0.6})
     console.on_trial_complete(0, [], _trial("b", diverged=1.0, stop_reason="non-finite g_loss"))
     lines = out.getvalue().splitlines()
-    assert lines[0] == "trial a  epoch 1/3  fid - (best -)  g_loss 1.5  d_fake_acc 0.5"
-    assert lines[2] == "trial a  epoch 2/3  fid 3 (best 3)  g_loss 1.2  d_fake_acc 0.6"
+    assert lines[0] == "trial a  epoch 0 (1/3)  fid - (best -)  g_loss 1.5  d_fake_acc 0.5"
+    assert lines[2] == "trial a  epoch 1 (2/3)  fid 3 (best 3)  g_loss 1.2  d_fake_acc 0.6"
     assert "trial b diverged: non-finite g_loss" in lines
     last = lines[-1]
     # 2 of a's epochs + b's whole budget (it ended) = 5 of 6, after 20 s: 4 s a epoch
@@ -51,7 +51,7 @@ def test_a_trial_short_of_its_budget_was_stopped_by_the_scheduler():
     console = ConsoleCallback("fid", "min", epochs=4, num_samples=1, out=out)
     console.on_trial_result(0, [], _trial("a"), {"epoch": 0, "fid": 3.0, "best_fid": 3.0})
     console.on_trial_complete(0, [], _trial("a", epoch=0))
-    assert "trial a stopped by the scheduler at epoch 1" in out.getvalue()
+    assert "trial a stopped by the scheduler after epoch 0 (1 of 4 epochs)" in out.getvalue()
 
 
 def test_the_console_survives_tunes_pickling_on_resume():
