@@ -55,14 +55,17 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         for path in ranking.write_ranking(ranked, out_dir, "ranking"):
             client.log_artifact(parent_run_id, str(path), artifact_path="ranking")
         why = _why_nothing(ranked)
-    log_summary_metrics(client, parent_run_id, table if ranked is None else ranked, endings,
-                        cfg.objectives()[0])
     best = _best_row(ranked) if ranked is not None else None
+    scored = table if ranked is None else ranked
+    log_summary_metrics(client, parent_run_id, scored, endings, cfg.objectives()[0], best)
+    summary["trial_table"] = trial_table(scored, endings, cfg.objectives()[0])
+    summary["next"] = next_commands(cfg)
     if best is None:
         client.set_tag(parent_run_id, "cxr.best", why[:5000])
         summary["best"], summary["why_none"] = None, why
     else:
         summary.update(record_best(cfg, settings, client, parent_run_id, best))
+        summary["best"]["versus_lowest"] = versus_lowest(scored, best, cfg.objectives()[0])
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
@@ -98,21 +101,72 @@ def trial_endings(client, search_name: str, parent_run_id: str) -> dict[str, lis
     return endings
 
 
+# The selected epoch's numbers the parent run shows as best_<name> (beside the objectives).
+SUMMARY_KEYS = ("fid", "kid", "cas_acc", "diversity_ratio", "memorised_share", "val_macro_f1")
+
+
 def log_summary_metrics(client, parent_run_id: str, table, endings: dict,
-                        objective: tuple[str, str]) -> None:
+                        objective: tuple[str, str], best: Optional[dict] = None) -> None:
     """The search at a glance on its parent run (the experiment's run list shows them):
-    the best value of the objective over the epochs a policy may select, and how the trials
-    ended.  `table` is the ranked table when there is one: a collapsed, killed or deleted
-    epoch is then left out, so the number beside the search is one its champion can have
-    (over every epoch a collapsed generator's low FID could stand there instead)."""
+    `best_<metric>` are the *selected* epoch's values (the champion's, one "best" on every
+    screen), `lowest_<objective>` the best objective value over the epochs a policy may
+    select (a collapsed, killed or deleted epoch is left out), and how the trials ended."""
     name, mode = objective
+    if best is not None:
+        for key in dict.fromkeys((name, *SUMMARY_KEYS)):
+            value = best.get(key)
+            if isinstance(value, (int, float)) and value == value:
+                client.log_metric(parent_run_id, f"best_{key}", float(value))
     if "status" in table:
         table = table[table["status"] == "ranked"]
     if name in table and table[name].notna().any():
-        best = table[name].min() if mode == "min" else table[name].max()
-        client.log_metric(parent_run_id, f"best_{name}", float(best))
+        top = table[name].min() if mode == "min" else table[name].max()
+        client.log_metric(parent_run_id, f"{'lowest' if mode == 'min' else 'highest'}_{name}",
+                          float(top))
     for status in ("finished", "stopped_early", "diverged", "failed", "killed"):
         client.log_metric(parent_run_id, f"trials_{status}", float(len(endings.get(status, []))))
+
+
+def versus_lowest(table, best: dict, objective: tuple[str, str]) -> str:
+    """One line on why the selected epoch beat the epoch with the best objective value (any
+    status), or "" when they are the same epoch."""
+    name, mode = objective
+    if name not in table or not table[name].notna().any():
+        return ""
+    row = table.loc[table[name].idxmin() if mode == "min" else table[name].idxmax()]
+    if (str(row["trial_id"]), int(row["epoch"])) == (str(best["trial_id"]), int(best["epoch"])):
+        return ""
+    why = row.get("reason") if isinstance(row.get("reason"), str) else row.get("status", "")
+    return (f"the {'lowest' if mode == 'min' else 'highest'} {name} ({row[name]:.4g}) was "
+            f"trial {row['trial_id']}, epoch {int(row['epoch'])}: {why}")
+
+
+def trial_table(table, endings: dict, objective: tuple[str, str]) -> list[dict]:
+    """Per trial: how it ended, epochs run, its best selectable epoch and objective, why."""
+    name, mode = objective
+    ended = {str(t): (status, reason) for status, rows in endings.items() for t, reason in rows}
+    rows = []
+    for trial, epochs in table.groupby("trial_id", sort=True):
+        usable = epochs[epochs["status"] == "ranked"] if "status" in epochs else epochs
+        usable = usable[usable[name].notna()] if name in usable else usable.iloc[:0]
+        top = (usable.loc[usable[name].idxmin() if mode == "min" else usable[name].idxmax()]
+               if len(usable) else None)
+        status, reason = ended.get(str(trial), ("", ""))
+        rows.append({"trial": str(trial), "status": status, "epochs": int(epochs["epoch"].max()) + 1,
+                     "best_epoch": None if top is None else int(top["epoch"]),
+                     name: None if top is None else float(top[name]),
+                     "reason": reason or ("" if top is not None else "no selectable epoch")})
+    return rows
+
+
+def next_commands(cfg) -> list[str]:
+    """What to run next, with this search's own names."""
+    uri = f" --mlflow-uri {cfg.mlflow_uri}"
+    storage = cfg.storage if "://" not in cfg.storage else "ray_results"
+    return [f"python -m orchestrator.report {cfg.name}{uri} --out report/",
+            f"python -m orchestrator.rank {cfg.name}{uri} --policy pareto",
+            f"optuna-dashboard sqlite:///{Path(storage) / (cfg.name + '-optuna.db')}",
+            f"mlflow ui --backend-store-uri {cfg.mlflow_uri}"]
 
 
 def mark_kept(table):
@@ -286,6 +340,8 @@ def format_summary(summary: dict) -> str:
                      "no epoch could be ranked (see the trials' stop_reason tags in MLflow)")
     else:
         lines.append(f"best: trial {best['trial_id']}, epoch {best['epoch']}  ({best['reason']})")
+        if best.get("versus_lowest"):
+            lines.append(f"  not the same epoch as {best['versus_lowest']}")
         if "<-" in best.get("lineage", ""):
             lines.append(f"  lineage (PBT): {best['lineage']}")
         keys = [k for k in ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "g_loss",
@@ -295,9 +351,25 @@ def format_summary(summary: dict) -> str:
         if summary.get("registered_model"):
             reg = summary["registered_model"]
             lines.append(f"generator: models:/{reg['name']}@{reg['alias']} (version {reg['version']})")
+    lines += _trial_lines(summary.get("trial_table") or [])
     where = (f"http://127.0.0.1:5000/{ui_link(summary['experiment_id'])}"
              if summary.get("experiment_id") else f"experiment '{summary['search']}'")
     lines.append(f"look: mlflow ui --backend-store-uri {summary['mlflow_uri']}, then {where} -> "
                  f"run '{summary['search']}': its description links the best trial run, that "
                  "epoch's sample grid and the registered generator")
+    if summary.get("next"):
+        lines.append("next:\n" + "\n".join(f"  {command}" for command in summary["next"]))
     return "\n".join(lines)
+
+
+def _trial_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    name = [k for k in rows[0] if k not in ("trial", "status", "epochs", "best_epoch", "reason")][0]
+    out = [f"  {'trial':<12} {'status':<14} {'epochs':>6} {'best epoch':>10} {name:>10}  reason"]
+    for r in rows:
+        value = "-" if r[name] is None else f"{r[name]:.4g}"
+        epoch = "-" if r["best_epoch"] is None else str(r["best_epoch"])
+        out.append(f"  {r['trial'][:12]:<12} {r['status'][:14]:<14} {r['epochs']:>6} {epoch:>10} "
+                   f"{value:>10}  {r['reason'][:80]}")
+    return ["trials:"] + out

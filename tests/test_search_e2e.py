@@ -97,6 +97,12 @@ def test_smoke_search_end_to_end(smoke_store):
     assert any(p.startswith("images/grid") for p in images), images
     assert parent.data.tags["mlflow.source.git.commit"]
     assert {"trials_finished", "trials_diverged", "best_fid"} <= set(parent.data.metrics)
+    # one story (issue 24): the console, the parent's tags and best_* metrics and the registry
+    # name the same (trial, epoch), epochs numbered from 0 everywhere
+    assert f"best: trial {best_trial}, epoch {best_epoch}  (" in run.stdout
+    assert parent.data.metrics["best_fid"] == pytest.approx(champion["fid"], rel=1e-6)
+    assert "trials:" in run.stdout and "next:\n  python -m orchestrator.report " in run.stdout
+    assert any(line.startswith(f"trial {best_trial}  epoch {best_epoch} (") for line in epoch_lines)
     note = parent.data.tags["mlflow.note.content"]
     assert f"#/experiments/{parent.info.experiment_id}/runs/{best_run.info.run_id}?" in note
     assert f"/runs/{best_run.info.run_id}/artifacts/grids/epoch_{best_epoch:04d}.png" in note

@@ -197,13 +197,30 @@ def test_the_searchs_best_objective_leaves_out_epochs_no_policy_may_select():
             logged[key] = value
 
     ranked = ranking.rank(_epochs(constant_frac=[1.0, 0.0, 0.0]), "staged")
+    best = ranking.best(ranked).to_dict()
     finalize.log_summary_metrics(Client(), "parent", ranked, {"diverged": [("b", "nan")]},
-                                 ("fid", "min"))
-    assert logged["best_fid"] == 2.0 and logged["trials_diverged"] == 1.0
+                                 ("fid", "min"), best)
+    assert logged["lowest_fid"] == 2.0 and logged["trials_diverged"] == 1.0
+    assert logged["best_fid"] == best["fid"]  # the selected epoch's, one "best" everywhere
     everything_collapsed = ranking.rank(_epochs(constant_frac=[1.0, 1.0, 1.0]), "staged")
     logged.clear()
     finalize.log_summary_metrics(Client(), "parent", everything_collapsed, {}, ("fid", "min"))
-    assert "best_fid" not in logged and logged["trials_finished"] == 0.0
+    assert "best_fid" not in logged and "lowest_fid" not in logged
+    assert logged["trials_finished"] == 0.0
+
+
+def test_the_summary_says_why_the_lowest_fid_epoch_was_not_selected_and_lists_trials():
+    ranked = ranking.rank(_epochs(constant_frac=[1.0, 0.0, 0.0]), "staged")
+    best = ranking.best(ranked).to_dict()
+    line = finalize.versus_lowest(ranked, best, ("fid", "min"))
+    assert line.startswith("the lowest fid (1) was trial a, epoch 0: ") and "constant" in line
+    rows = finalize.trial_table(ranked, {"diverged": [("b", "nan")]}, ("fid", "min"))
+    assert [r["trial"] for r in rows] == ["a", "b"]
+    assert rows[0]["best_epoch"] == 1 and rows[1]["status"] == "diverged"
+    text = finalize.format_summary({"search": "s", "trials": 2, "policy": "staged",
+                                    "mlflow_uri": "sqlite:///m.db", "trial_table": rows,
+                                    "best": None, "next": ["python -m orchestrator.report s"]})
+    assert "trials:" in text and "next:\n  python -m orchestrator.report s" in text
 
 
 def test_epochs_whose_generator_was_not_kept_or_whose_trial_was_killed_are_not_ranked():
