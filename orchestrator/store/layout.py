@@ -133,6 +133,9 @@ def existing_client(tracking_uri: str) -> MlflowClient:
         if not path.is_file():
             raise StoreError(f"no MLflow store at {path} (from {tracking_uri!r}): run a search "
                              "first, or pass --mlflow-uri / set MLFLOW_TRACKING_URI to its store")
+        from orchestrator.store.relocate import relocate
+        if relocate(path):  # the folder was moved: its artefacts are beside it now
+            print(f"note: {path.parent} was moved; its artefact paths now point into it")
     elif "://" not in tracking_uri:
         raise StoreError(f"MLflow URI {tracking_uri!r}: give sqlite:///path/mlflow.db or "
                          "http(s)://host:port")
@@ -150,7 +153,17 @@ def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri),
+                                    tags=EXPERIMENT_KIND)
+
+
+def artifact_root(tracking_uri: str) -> Optional[str]:
+    """Where a new experiment's artefacts go: beside a sqlite store (`DIR/artifacts` for
+    `sqlite:///DIR/mlflow.db`), so the folder holds the whole search (MLflow's own default
+    is ./mlruns of whatever folder the command ran from); a server decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
 
 
 def ui_link(experiment: str, run_id: str | None = None, artifact: str | None = None) -> str:
