@@ -27,7 +27,8 @@ MIN_DIVERSITY = {"full": 0.4, "smoke": 0.25}
 SMOKE_GAN = {"resolution": 32, "channels": 1, "width": 0.125, "epochs": 3, "eval_every": 1,
              "steps_per_epoch": 20}
 SMOKE_EVAL = {"metrics": ("fid", "kid", "cas", "visual", "memorisation"), "n_fake": 48}
-FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation")}
+FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation",
+                         "memorisation_inception")}
 SMOKE_CLASSIFIER = {"resolution": 32, "channels": 1, "epochs": 3, "n_boot": 100}
 
 

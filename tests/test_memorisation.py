@@ -328,7 +328,7 @@ def test_the_evaluator_measures_copies_in_inception_space_too(xrays, tmp_path):
         pytest.skip(str(exc))
     train = xrays["train"][:60, ::4, ::4]
     heldout, unseen = xrays["heldout"][:40, ::4, ::4], xrays["unseen"][:40, ::4, ::4]
-    ev = GanEvaluator(_image_set(heldout, "val"), metrics=("fid", "memorisation"), n_fake=40,
+    ev = GanEvaluator(_image_set(heldout, "val"), metrics=("fid", "memorisation_inception"), n_fake=40,
                       real_train=_image_set(train, "train"), latent_dim=4, device="cpu",
                       extractor="tf-inception-torchscript", dims=2048, cache_dir=tmp_path)
     copier = ev(_Replay(train), epoch=0)

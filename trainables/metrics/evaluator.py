@@ -44,7 +44,10 @@ from .tsne import tsne_plot
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation")
+# "memorisation": pixel-space copies (cheap); "memorisation_inception": the same in the FID
+# network's feature space, which costs one Inception pass over the training set per data set.
+METRICS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation",
+           "memorisation_inception")
 _FEATURE_METRICS = ("fid", "kid", "intra_fid", "is")
 
 
@@ -97,6 +100,8 @@ class GanEvaluator:
         self._real_float = _float_images(real.images)
         self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
         self._memo = self._memorisation_reference() if "memorisation" in self.metrics else None
+        self._memo_inception_ok = ("memorisation_inception" in self.metrics
+                                   and self._memo_inception_possible())
         self._memo_inception = None  # built at the first evaluation that has fake features
 
     # -- set-up -------------------------------------------------------------------------
@@ -105,7 +110,7 @@ class GanEvaluator:
         log.warning("metric %s skipped: %s", metric, reason)
 
     def _load_extractor(self, name, dims, weights_path, hub_dir, ts_dir) -> InceptionExtractor | None:
-        wanted = [m for m in _FEATURE_METRICS if m in self.metrics]
+        wanted = [m for m in _FEATURE_METRICS + ("memorisation_inception",) if m in self.metrics]
         if not wanted:
             return None
         try:
@@ -188,6 +193,16 @@ class GanEvaluator:
                              memorised_q=q, memorised_threshold=threshold,
                              memorised_n_train=int(len(train)))
         return {"train": train, "threshold": threshold}
+
+    def _memo_inception_possible(self, q: float = memo.DEFAULT_Q) -> bool:
+        why = ("no real_train images given" if self.real_train is None else
+               "needs Inception features (see the FID skip reason)" if self.extractor is None
+               else f"the real validation set has {len(self.real)} images; the {q:g}-quantile "
+                    f"needs at least {memo.min_heldout(q)}"
+               if len(self.real) < memo.min_heldout(q) else "")
+        if why:
+            self._skip("memorised_share_inception", why)
+        return not why
 
     def _inception_memo_reference(self, q: float = memo.DEFAULT_Q) -> dict:
         """The same reference in Inception space: training images' features (cached like the
@@ -335,7 +350,7 @@ class GanEvaluator:
             out["diversity_ratio"] = visual.diversity_ratio(f, labels, rf, rl)
         if "memorisation" in self.metrics and min(len(rf), len(f)) > memo.DEFAULT_K:
             out.update(memo.prdc(rf, f, k=memo.DEFAULT_K))
-        if self._memo is not None:
+        if self._memo_inception_ok:
             out.update(self._inception_memorisation(f))
         return out
 
