@@ -21,7 +21,13 @@ from matplotlib.image import imread
 from trainables.figures import save as save_figure
 
 LOSS_METRICS = ("g_loss", "d_loss")
-CURVE_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "memorised_share")
+# D's score of the fakes in D's step and in G's step: read together (README "update step").
+D_OF_FAKES = ("d_g_z1", "d_g_z2")
+CURVE_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "cas_f1", "diversity_ratio",
+                 "memorised_share")
+EXCLUDED_STYLE = dict(marker="X", s=70, color="0.55", zorder=4)
+# The parameter figure stays readable: at most this many panels (3 per row).
+MAX_PARAM_PANELS = 12
 BEST_STYLE = dict(marker="*", s=260, color="crimson", edgecolor="black", zorder=5)
 
 
@@ -51,13 +57,31 @@ def _trials(table: pd.DataFrame) -> list[str]:
     return sorted(table["trial_id"].astype(str).unique())
 
 
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.5"
+
+
+def _mark_excluded(ax, rows: pd.DataFrame, metric: str, labelled: set) -> None:
+    """Grey crosses on the epochs no policy may select (a `status` other than "ranked"),
+    labelled once per status: a collapsed trial's low FID must not look like the best."""
+    if "status" not in rows:
+        return
+    for status, hit in rows[rows["status"].notna() & (rows["status"] != "ranked")].groupby("status"):
+        label = None if status in labelled else f"excluded: {status}"
+        labelled.add(status)
+        ax.scatter(hit["epoch"], hit[metric], **EXCLUDED_STYLE, label=label)
+
+
 def loss_curves(table: pd.DataFrame, metrics: Sequence[str] = LOSS_METRICS) -> Figure:
     """Generator / discriminator loss per epoch, one line per trial, one panel per loss."""
     _require(table, ["trial_id", "epoch"], "loss_curves")
     present = [m for m in metrics if m in table.columns and table[m].notna().any()]
     if not present:
         raise ValueError(f"loss_curves: none of {list(metrics)} was logged; nothing to plot")
-    fig, axes = _grid(len(present), ncols=len(present))
+    pair = [m for m in D_OF_FAKES if m in table.columns and table[m].notna().any()]
+    fig, axes = _grid(len(present) + bool(pair), ncols=len(present) + bool(pair))
     for ax, metric in zip(axes, present):
         for trial in _trials(table):
             rows = table[table["trial_id"].astype(str) == trial].sort_values("epoch")
@@ -65,8 +89,24 @@ def loss_curves(table: pd.DataFrame, metrics: Sequence[str] = LOSS_METRICS) -> F
             ax.plot(rows["epoch"], rows[metric], marker=".", label=trial)
         ax.set(title=metric, xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)
+        _epoch_axis(ax)
+    if pair:
+        _d_of_fakes(axes[-1], table, pair)
     axes[0].legend(title="trial", fontsize="small")
     return fig
+
+
+def _d_of_fakes(ax, table: pd.DataFrame, pair: Sequence[str]) -> None:
+    """d_g_z1 (solid) and d_g_z2 (dashed) of each trial on one panel."""
+    for i, trial in enumerate(_trials(table)):
+        rows = table[table["trial_id"].astype(str) == trial].sort_values("epoch")
+        for metric, style in zip(pair, ("-", "--")):
+            ax.plot(rows["epoch"], rows[metric], style, color=f"C{i}", label=f"{trial} {metric}")
+    ax.set(title="D(G(z)): d_g_z1 (D step, solid), d_g_z2 (G step, dashed)", xlabel="epoch",
+           ylabel="D's score of the fakes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    _epoch_axis(ax)
 
 
 def metric_curves(table: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
@@ -82,6 +122,7 @@ def metric_curves(table: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
         raise ValueError(f"metric_curves: none of {wanted} was logged; nothing to plot")
     fig, axes = _grid(len(present))
     for ax, metric in zip(axes, present):
+        labelled: set = set()
         for trial in _trials(table):
             rows = table[table["trial_id"].astype(str) == trial].sort_values("epoch")
             rows = rows[rows[metric].notna()]
@@ -90,6 +131,8 @@ def metric_curves(table: pd.DataFrame, metrics: Optional[Sequence[str]] = None,
             if lo in rows and hi in rows and rows[[lo, hi]].notna().all(axis=None):
                 ax.fill_between(rows["epoch"], rows[lo], rows[hi], alpha=0.15,
                                 color=line.get_color())
+            _mark_excluded(ax, rows, metric, labelled)
+        _epoch_axis(ax)
         if best is not None:
             hit = _row(table, best)
             if hit is not None and pd.notna(hit.get(metric)):
@@ -128,7 +171,9 @@ def hparams_vs_objective(params: pd.DataFrame, objective_by_trial: pd.Series, ob
     joined[objective] = objective_by_trial.reindex(joined.index).astype(float)
     if joined[objective].isna().all():
         raise ValueError(f"hparams_vs_objective: no trial has a value for {objective!r}")
-    columns = [c for c in params.columns if c != objective]
+    columns = varied(params.drop(columns=[objective], errors="ignore"))[:MAX_PARAM_PANELS]
+    if not columns:
+        raise ValueError("hparams_vs_objective: every trial ran with the same settings")
     fig, axes = _grid(len(columns))
     for ax, name in zip(axes, columns):
         x, ticks = _as_positions(joined[name])
@@ -144,6 +189,12 @@ def hparams_vs_objective(params: pd.DataFrame, objective_by_trial: pd.Series, ob
         ax.grid(alpha=0.3)
     fig.suptitle(f"hyper-parameters vs best {objective} per trial (star: selected trial)")
     return fig
+
+
+def varied(params: pd.DataFrame) -> list[str]:
+    """The columns whose value differs between trials: the searched hyper-parameters, not
+    the protocol constants (paths, hashes, budgets) every trial shares."""
+    return [c for c in params.columns if params[c].map(str).nunique() > 1]
 
 
 def _as_positions(values: pd.Series) -> tuple[np.ndarray, Optional[list[str]]]:
@@ -197,12 +248,19 @@ def pareto_front(table: pd.DataFrame, x: tuple[str, str], y: tuple[str, str],
     """
     _require(table, ["trial_id", "epoch", x[0], y[0]], "pareto_front")
     rows = table[table[[x[0], y[0]]].notna().all(axis=1)]
+    excluded = rows.iloc[:0]
+    if "status" in rows:  # an epoch no policy may select is never on the front
+        excluded = rows[rows["status"].notna() & (rows["status"] != "ranked")]
+        rows = rows.drop(excluded.index)
     if rows.empty:
-        raise ValueError(f"pareto_front: no epoch has both {x[0]} and {y[0]}")
+        raise ValueError(f"pareto_front: no selectable epoch has both {x[0]} and {y[0]}")
     mask = pareto_mask(rows[[x[0], y[0]]].to_numpy(), [x[1], y[1]])
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()
     ax.scatter(rows[x[0]], rows[y[0]], c="lightgray", edgecolor="gray", s=30, label="epoch")
+    for status, hit in excluded.groupby("status") if len(excluded) else []:
+        ax.scatter(hit[x[0]], hit[y[0]], **{**EXCLUDED_STYLE, "s": 40},
+                   label=f"excluded: {status}")
     front = rows[mask].sort_values(x[0])
     ax.plot(front[x[0]], front[y[0]], "o-", color="tab:blue", label="non-dominated")
     for _, r in front.iterrows():

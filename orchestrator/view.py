@@ -92,6 +92,7 @@ def write_report(search_name: str, tracking_uri: str = DEFAULT_MLFLOW_URI,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to report
     ranking = load_ranking(record)
+    table = with_status(table, ranking)
     best = selected_epoch(record, ranking)
     objectives = search_objectives(record)
     with tempfile.TemporaryDirectory(prefix="cxr-report-") as downloads:
@@ -120,7 +121,8 @@ def _figures(rep: _Report, record, table, ranking, best, objectives, top_k: int)
     rep.figure("Evaluation metrics per epoch (star: selected epoch)", "metric_curves.png",
                lambda: plots.metric_curves(table, curve_metrics, best))
     objective, direction = objectives[0]
-    rep.figure(f"Hyper-parameters vs best {objective} per trial", "hparams_vs_objective.png",
+    rep.figure(f"Hyper-parameters that differ between trials vs best {objective} per trial "
+               f"(at most {plots.MAX_PARAM_PANELS})", "hparams_vs_objective.png",
                lambda: plots.hparams_vs_objective(
                    trial_params(record), plots.best_per_trial(table, objective, direction),
                    objective, best[0] if best else None))
@@ -148,6 +150,15 @@ def _run_images(rep: _Report, record, best, folder: str, caption: str) -> None:
         name = f"{folder}_{i}.png"
         shutil.copyfile(path, rep.out_dir / name)
         rep.figures.append((f"{caption} (logged as {folder}/{path.name})", name))
+
+
+def with_status(table: pd.DataFrame, ranking: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """The epoch table with the ranking's `status` per (trial, epoch), so that figures grey
+    out the epochs no policy may select (collapsed, memorised, not kept, killed)."""
+    if ranking is None or "status" not in ranking or "status" in table:
+        return table
+    status = ranking[["trial_id", "epoch", "status"]].astype({"trial_id": str, "epoch": int})
+    return table.astype({"trial_id": str}).merge(status, on=["trial_id", "epoch"], how="left")
 
 
 def top_grids_figure(record: SearchRecord, ranking: Optional[pd.DataFrame],
@@ -267,6 +278,7 @@ def render_markdown(record: SearchRecord, table: pd.DataFrame, ranking, best, ob
         metrics = best_metrics(table, best, objectives)
         lines += [markdown_table(metrics) if len(metrics) else
                   "No metrics were logged for this epoch.", ""]
+        lines += winning_settings(record, best)
     lines += ["## FID protocol", ""]
     lines += ([f"- `{k}`: {v}" for k, v in protocol.items()] if protocol else
               ["not recorded (no `fid_protocol.*` params/tags and no `protocol/` artefact): "
@@ -291,6 +303,20 @@ def render_markdown(record: SearchRecord, table: pd.DataFrame, ranking, best, ob
     if rep.missing:
         lines += ["## Not shown", "", *[f"- {m}" for m in rep.missing]]
     return "\n".join(lines) + "\n"
+
+
+def winning_settings(record: SearchRecord, best: tuple[str, int]) -> list[str]:
+    """The selected trial's hyper-parameters that the search varied (the rest are the
+    protocol every trial shared), as a Markdown section."""
+    params = trial_params(record)
+    if best[0] not in params.index:
+        return ["### Winning hyper-parameters", "", "not recorded for this trial", ""]
+    columns = plots.varied(params) or list(params.columns)
+    row = params.loc[best[0], columns]
+    table = pd.DataFrame({"hyper-parameter": columns, "value": [row[c] for c in columns]})
+    return ["### Winning hyper-parameters", "",
+            f"What the search varied ({len(columns)} of {params.shape[1]} recorded params; "
+            "the others were the same in every trial):", "", markdown_table(table), ""]
 
 
 def _reason(ranking, best) -> str:

@@ -165,6 +165,7 @@ def test_report_command_writes_figures_and_names_the_ranked_best(store, tmp_path
     assert (out / "memorisation_0.png").read_bytes()[:4] == b"\x89PNG"
     assert "](memorisation_0.png)" in md
     assert "(logged as memorisation/most_copied.png)" in md
+    assert "### Winning hyper-parameters" in md
     for fig in ("loss_curves.png", "top_grids.png", "pareto_front.png"):
         assert f"]({fig})" in md
     assert "real images beside the grids" not in md  # the real grid was drawn
@@ -265,3 +266,30 @@ def test_conditional_hyper_parameters_are_plotted():
     assert ticks is None and x[0] == 0.5 and np.isnan(x[1]) and x[2] == 0.9
     x, ticks = _as_positions(pd.Series(["adam", np.nan, "sgd"]))
     assert ticks == ["adam", "n/a", "sgd"] and list(x) == [0.0, 1.0, 2.0]
+
+
+def test_figures_tell_the_truth_about_excluded_epochs_and_constants():
+    """Issue 24 item 5: an epoch no policy may select is greyed and labelled, never on the
+    Pareto front; the parameter figure shows only what the trials varied; d_g_z1 and
+    d_g_z2 share one panel; epoch axes tick at whole epochs."""
+    import pandas as pd
+
+    table = pd.DataFrame({"trial_id": ["a", "a", "b", "b"], "epoch": [0, 1, 0, 1],
+                          "fid": [0.5, 2.0, 3.0, 2.5], "cas_acc": [0.9, 0.6, 0.5, 0.7],
+                          "g_loss": [1.0, 0.9, 1.2, 1.1], "d_g_z1": [0.4, 0.3, 0.5, 0.4],
+                          "d_g_z2": [0.3, 0.2, 0.4, 0.3],
+                          "status": ["collapsed", "ranked", "ranked", "ranked"]})
+    fig = plots.metric_curves(table, ["fid"], ("a", 1))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "excluded: collapsed" in labels
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+    front = plots.pareto_front(table, ("fid", "min"), ("cas_acc", "max"))
+    texts = [t.get_text() for t in front.axes[0].texts]
+    assert "a@0" not in texts and "excluded: collapsed" in front.axes[0].get_legend_handles_labels()[1]
+    losses = plots.loss_curves(table)
+    assert any("d_g_z1" in ax.get_title() and "d_g_z2" in ax.get_title() for ax in losses.axes)
+    params = pd.DataFrame({"lr_g": ["1e-4", "2e-4"], "data": ["/x", "/x"], "sha": ["f", "f"]},
+                          index=["a", "b"])
+    assert plots.varied(params) == ["lr_g"]
+    fig = plots.hparams_vs_objective(params, pd.Series({"a": 2.0, "b": 2.5}), "fid")
+    assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] == ["lr_g"]
