@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import dicom
 from .errors import DataError
 
 
@@ -51,6 +52,8 @@ class PreprocessConfig:
 
 def decode_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image file; a truncated or unreadable file raises DataError."""
+    if Path(path).suffix.lower() in dicom.SUFFIXES:
+        return dicom.read_dicom(path)
     try:
         with Image.open(path) as img:
             img.load()  # forces the full decode, so truncated files fail here

@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import dicom
 from .errors import DataError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}) | dicom.SUFFIXES
+# What operating systems leave in folders: never a class, never an image.
+JUNK_DIRS = frozenset({"__macosx", "$recycle.bin", "system volume information", "@eadir"})
+JUNK_FILES = frozenset({"thumbs.db", "desktop.ini"})
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 # Folders holding segmentation masks beside the images (COVID-19 Radiography Database
@@ -70,7 +74,7 @@ def read_folder(root: Path) -> tuple[pd.DataFrame, dict]:
     (``Covid19-dataset/``) is descended first. Non-image files are counted, not read.
     """
     root = _descend_single_dirs(root)
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = _subdirs(root)
     split_dirs = [p for p in subdirs if _split_of_name(p.name)]
     if split_dirs and len(split_dirs) != len(subdirs):
         others = [p.name for p in subdirs if p not in split_dirs]
@@ -80,28 +84,38 @@ def read_folder(root: Path) -> tuple[pd.DataFrame, dict]:
     rows: list[dict] = []
     ignored: Counter = Counter()
     for base, split in groups:
-        class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = _subdirs(base)
         if not class_dirs:
             raise DataError(f"{base}: no class folders; expected {base}/<ClassName>/<images>")
         for class_dir in class_dirs:
             files = _image_files(class_dir, ignored)
             if not files:
-                raise DataError(f"{class_dir}: empty class folder (no .png/.jpg/.jpeg images); "
-                                "remove it or pass exclude_labels=['" + class_dir.name + "']")
+                raise DataError(f"{class_dir}: empty class folder (no PNG/JPEG/DICOM images); "
+                                f"remove it or pass --exclude-classes {class_dir.name!r}")
             rows += [{"path": str(f), "patient_id": None, "raw_label": class_dir.name,
                       "source": root.name, "split": split} for f in files]
+    dicom.require([Path(r["path"]) for r in rows if Path(r["path"]).suffix.lower()
+                   in dicom.SUFFIXES])
     notes = {"ignored_non_image_files": dict(ignored)} if ignored else {}
     return _frame(rows), notes
 
 
+def _is_junk(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_DIRS | JUNK_FILES
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_junk(p.name))
+
+
 def _descend_single_dirs(root: Path) -> Path:
     while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        entries = [p for p in root.iterdir() if not _is_junk(p.name)]
         dirs = [p for p in entries if p.is_dir()]
         has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries if p.is_file())
         if len(dirs) == 1 and not has_images and _split_of_name(dirs[0].name) is None:
             # Only descend when the single folder is a wrapper, not the only class folder.
-            inner = [p for p in dirs[0].iterdir() if p.is_dir()]
+            inner = _subdirs(dirs[0])
             if inner:
                 root = dirs[0]
                 continue
@@ -112,9 +126,9 @@ def _image_files(class_dir: Path, ignored: Counter) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and d.lower() not in MASK_DIRS)
+                             if not _is_junk(d) and d.lower() not in MASK_DIRS)
         for name in sorted(filenames):
-            if name.startswith("."):
+            if _is_junk(name):
                 continue
             suffix = Path(name).suffix.lower()
             if suffix in IMAGE_SUFFIXES:
