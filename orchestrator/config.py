@@ -12,9 +12,9 @@ from typing import Optional
 
 import yaml
 
-from orchestrator import registry
-# Selection never picks an epoch whose memorised_share is above this (one limit, ranking's).
-from orchestrator.ranking import MAX_MEMORISED
+# Selection never picks an epoch whose memorised_share is above this (ranking's limit too;
+# importing ranking here would load pandas and the metrics for every --help).
+MAX_MEMORISED = 0.05
 
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_STORAGE = "ray_results"
@@ -79,10 +79,12 @@ class SearchConfig:
         return MIN_DIVERSITY["smoke" if self.smoke else "full"]
 
     def objectives(self) -> list[tuple[str, str]]:
+        from orchestrator import registry  # loads the model code: not at import (fast --help)
         return registry.parse_objectives(self.objective, self.experiment)
 
     @property
     def is_gan(self) -> bool:
+        from orchestrator import registry
         return self.experiment in registry.GAN_EXPERIMENTS
 
 

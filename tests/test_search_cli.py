@@ -26,6 +26,14 @@ def test_help_explains_every_option():
         assert flag in out
 
 
+def test_every_option_is_a_search_config_field():
+    """config_from_namespace passes the parsed options to SearchConfig by name."""
+    import dataclasses
+
+    dests = {a.dest for a in search.build_parser()._actions if a.dest != "help"}
+    assert dests <= {f.name for f in dataclasses.fields(config.SearchConfig)}
+
+
 def test_unknown_experiment_is_rejected():
     with pytest.raises(SystemExit) as exc:
         search.config_from_args(["wgan"])
@@ -62,21 +70,21 @@ def test_unreachable_mlflow_fails_fast(capsys, tmp_path):
 
 
 def test_more_gpus_than_the_cluster_has():
-    cfg = search.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2,
+    cfg = config.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2,
                               gpus_per_worker=1)
     with pytest.raises(config.ConfigError, match="needs 2 GPUs .* cluster has 1"):
         cluster.place(cfg, {"CPU": 16, "GPU": 1})
 
 
 def test_placement_derives_concurrency_from_gpus():
-    cfg = search.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2)
+    cfg = config.SearchConfig(experiment="acgan", preset="s0", workers_per_trial=2)
     placed = cluster.place(cfg, {"CPU": 32, "GPU": 8})
     assert placed.execution == "train" and placed.use_gpu
     assert placed.max_concurrent == 4
 
 
 def test_cpu_only_uses_the_function_path():
-    cfg = search.SearchConfig(experiment="acgan", preset="s0")
+    cfg = config.SearchConfig(experiment="acgan", preset="s0")
     placed = cluster.place(cfg, {"CPU": 2})
     assert placed.execution == "function" and not placed.use_gpu
     assert placed.max_concurrent == 2
@@ -86,17 +94,17 @@ def test_smoke_asha_runs_one_trial_at_a_time_unless_told():
     """ASHA's stops depend on the order trials reach a rung: the smoke check serialises
     trials so its stops are reproducible; an explicit --max-concurrent or another
     scheduler keeps the derived concurrency."""
-    smoke = search.SearchConfig(experiment="acgan", preset="s0", smoke=True)
+    smoke = config.SearchConfig(experiment="acgan", preset="s0", smoke=True)
     assert cluster.place(smoke, {"CPU": 2}).max_concurrent == 1
-    told = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, max_concurrent=2)
+    told = config.SearchConfig(experiment="acgan", preset="s0", smoke=True, max_concurrent=2)
     assert cluster.place(told, {"CPU": 2}).max_concurrent == 2
-    fifo = search.SearchConfig(experiment="acgan", preset="s0", smoke=True, scheduler="none")
+    fifo = config.SearchConfig(experiment="acgan", preset="s0", smoke=True, scheduler="none")
     assert cluster.place(fifo, {"CPU": 2}).max_concurrent == 2
 
 
 def test_objectives_are_validated():
     with pytest.raises(ValueError, match="unknown objective 'fidd'"):
-        search.SearchConfig(experiment="acgan", preset="s0", objective="fidd").objectives()
+        config.SearchConfig(experiment="acgan", preset="s0", objective="fidd").objectives()
 
 
 def test_unknown_preset_is_rejected():
@@ -114,23 +122,23 @@ def test_autoscaling_cluster_waits_for_gpu_nodes():
         asked.append((per_worker, workers, timeout))
         return 1.0  # one g5 node came up
 
-    cfg = search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1, gpu_wait=900)
+    cfg = config.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1, gpu_wait=900)
     placed = cluster.place(cfg, {"CPU": 0}, wait=wait)
     assert asked == [(1, 1, 900)] and placed.use_gpu and placed.max_concurrent is None
     with pytest.raises(config.ConfigError, match="add --gpu-wait"):
-        cluster.place(search.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1),
+        cluster.place(config.SearchConfig(experiment="acgan", preset="s0", gpus_per_worker=1),
                       {"CPU": 0}, wait=wait)
     with pytest.raises(config.ConfigError, match="after waiting 900 s"):
         cluster.place(cfg, {"CPU": 0}, wait=lambda *a: 0.0)
 
 
 def test_pbt_runs_one_process_trials_even_on_gpus():
-    cfg = search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt", searcher="random")
+    cfg = config.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt", searcher="random")
     placed = cluster.place(cfg, {"CPU": 8, "GPU": 2})
     assert placed.execution == "function" and placed.use_gpu
     assert trial_resources(placed) == {"CPU": 1.0, "GPU": 1.0}
     with pytest.raises(config.ConfigError, match="pbt needs one worker per trial"):
-        cluster.place(search.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt",
+        cluster.place(config.SearchConfig(experiment="acgan", preset="s0", scheduler="pbt",
                                           workers_per_trial=2), {"CPU": 8, "GPU": 2})
 
 
@@ -179,7 +187,7 @@ def test_the_inception_score_has_one_name():
     assert search.config_from_args(["acgan", "--smoke", "--objective", "is"]).objectives() == \
         [("is", "max")]
     with pytest.raises(ValueError, match="unknown objective 'inception_score'"):
-        search.SearchConfig(experiment="acgan", preset="s0",
+        config.SearchConfig(experiment="acgan", preset="s0",
                             objective="inception_score").objectives()
 
 

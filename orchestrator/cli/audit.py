@@ -34,9 +34,17 @@ class AuditError(Exception):
     """A problem with the user's inputs: printed as one `error:` line, exit code 2."""
 
 
+EXAMPLES = """examples:
+  python -m orchestrator.audit --synthetic synth/ --data ../shared/data/covid19-radiography-subset
+  python -m orchestrator.audit --generator models:/cxr-acgan-generator@champion \\
+      --data ../shared/data/covid19-radiography-subset --space inception --json audit.json
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.audit",
-                                description=__doc__.split("\n")[0])
+                                description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", help="folder of synthetic PNG/JPEG images (read "
                         "recursively)")

@@ -1,6 +1,6 @@
-"""`python -m orchestrator.rank`: re-rank a finished search from its stored MLflow metrics,
-without retraining, and move its selection (best-run tags, `champion` alias) to the new
-rank 1 unless `--dry-run`.
+"""`python -m orchestrator.rank` (also `cxr-rank`): re-rank a finished search from its stored
+MLflow metrics, without retraining, and move its selection (best-run tags, `champion` alias)
+to the new rank 1 unless `--dry-run`.
 
     python -m orchestrator.rank <search | latest> --policy staged|pareto|weighted \\
         [--verdicts CSV] [--dry-run] [--mlflow-uri URI] [--out DIR]
@@ -8,6 +8,7 @@ rank 1 unless `--dry-run`.
 Reads the search's epoch table (`orchestrator.store.reader`; human verdicts as tags
 `verdict.epoch_0007 = reject` or a CSV), ranks with `orchestrator.ranking`, writes
 `<out>/ranking_<policy>.parquet` and `.csv`, and records the new ranking on the search.
+pandas, MLflow and the ranking code are imported once the options have parsed (fast --help).
 """
 from __future__ import annotations
 
@@ -15,19 +16,34 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-from mlflow.tracking import MlflowClient
+from orchestrator.cli.search import (
+    POLICIES,
+    HelpFormatter,
+    add_mlflow_uri,
+    add_objective,
+    add_search_name,
+)
 
-from orchestrator import ranking
-from orchestrator.config import DEFAULT_MLFLOW_URI, SearchConfig
-from orchestrator.finalize import mark_kept, record_best
-from orchestrator.store.layout import StoreError
-from orchestrator.store.reader import SearchRecord, load_epoch_table, load_search
+if TYPE_CHECKING:
+    import pandas as pd
 
+    from orchestrator.config import SearchConfig
+    from orchestrator.store.reader import SearchRecord
+
+MAX_CONSTANT_FRAC = 0.5  # orchestrator.ranking.MAX_CONSTANT_FRAC (tests/test_cli_help.py)
 POLICY_HELP = ("staged: S0's procedure (shortlist by low G loss and D fake-accuracy, then "
-               "CAS, then FID/intra-FID/KID); pareto: non-dominated fronts over --objectives; "
-               "weighted: weighted mean of per-metric ranks (--weights). Default staged")
+               "CAS, then FID/intra-FID/KID); pareto: non-dominated fronts over --objective; "
+               "weighted: weighted mean of per-metric ranks (--weights)")
+DESCRIPTION = ("Re-rank a finished search from its stored MLflow metrics, without retraining,\n"
+               "and move its selection (best-run tags, `champion` alias) to the new rank 1\n"
+               "unless --dry-run (also: cxr-rank).")
+EXAMPLES = """examples:
+  python -m orchestrator.rank latest --policy pareto --objective cas_acc,fid --dry-run
+  python -m orchestrator.rank acgan-s0-20250101-120000 --policy staged --verdicts verdicts.csv \\
+      --mlflow-uri http://HEAD:5000
+"""
 
 
 def _weights(text: str | None) -> dict[str, float] | None:
@@ -40,41 +56,52 @@ def _weights(text: str | None) -> dict[str, float] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.rank",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("search", help="search name (= MLflow experiment name) or 'latest'")
-    p.add_argument("--policy", choices=list(ranking.POLICIES), default="staged", help=POLICY_HELP)
-    p.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI,
-                   help=f"MLflow tracking URI of the search (default {DEFAULT_MLFLOW_URI})")
-    p.add_argument("--out", type=Path, default=None,
-                   help="folder for ranking_<policy>.parquet/.csv (default rankings/<search>)")
-    p.add_argument("--verdicts", type=Path, default=None,
+    p = argparse.ArgumentParser(prog="python -m orchestrator.rank", formatter_class=HelpFormatter,
+                                description=DESCRIPTION, epilog=EXAMPLES)
+    which = p.add_argument_group("which search")
+    add_search_name(which)
+    add_mlflow_uri(which)
+    _ranking_options(p.add_argument_group("ranking"))
+    _limit_options(p.add_argument_group("limits (an epoch past one is never ranked)"))
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="folder for ranking_<policy>.parquet/.csv (default rankings/<search>)")
+    out.add_argument("--dry-run", action="store_true",
+                     help="only print and write the ranking; leave the search's best-run tags "
+                          "and the champion alias as they are")
+    return p
+
+
+def _ranking_options(g) -> None:
+    g.add_argument("--policy", choices=POLICIES, default="staged", help=POLICY_HELP)
+    add_objective(g, default="cas_acc,fid",
+                  help="pareto: comma-separated metrics the fronts are over")
+    g.add_argument("--weights", default=None, metavar="METRIC=W,...",
+                   help="weighted: metric=weight pairs (default cas_acc=1,fid=1,kid=0.5)")
+    g.add_argument("--shortlist", type=int, default=10, metavar="N",
+                   help="staged: how many epochs stage 1 keeps for CAS")
+    g.add_argument("--verdicts", type=Path, default=None, metavar="CSV",
                    help="CSV trial_id,epoch,verdict (approve|reject): human verdicts, e.g. "
                         "after looking at the grids")
-    p.add_argument("--dry-run", action="store_true",
-                   help="only print and write the ranking; leave the search's best-run tags "
-                        "and the champion alias as they are")
-    p.add_argument("--min-diversity", type=float, default=None,
+
+
+def _limit_options(g) -> None:
+    g.add_argument("--min-diversity", type=float, default=None, metavar="RATIO",
                    help="never rank an epoch whose diversity_ratio is below this (collapsed "
                         "within a class; default: what the search used, 0.4 or 0.25 at the "
                         "smoke budget)")
-    p.add_argument("--max-constant-frac", type=float, default=ranking.MAX_CONSTANT_FRAC,
-                   help="never rank an epoch where this share of the fakes is one flat image "
-                        f"(default {ranking.MAX_CONSTANT_FRAC})")
-    p.add_argument("--max-memorised", type=float, metavar="SHARE",
+    g.add_argument("--max-constant-frac", type=float, default=MAX_CONSTANT_FRAC, metavar="SHARE",
+                   help="never rank an epoch where this share of the fakes is one flat image")
+    g.add_argument("--max-memorised", type=float, metavar="SHARE",
                    help="never rank an epoch whose memorised_share is above SHARE (default: "
                         "the search's --max-memorised, else 0.05)")
-    p.add_argument("--shortlist", type=int, default=10,
-                   help="staged: how many epochs stage 1 keeps for CAS (default 10)")
-    p.add_argument("--objectives", default="cas_acc,fid",
-                   help="pareto: comma-separated metrics (default cas_acc,fid)")
-    p.add_argument("--weights", default=None,
-                   help="weighted: metric=weight pairs (default cas_acc=1,fid=1,kid=0.5)")
-    return p
 
 
 def search_config(record: SearchRecord, policy: str) -> SearchConfig:
     """The search's own settings, as far as ranking and registering need them."""
+    from orchestrator import ranking
+    from orchestrator.config import SearchConfig
+
     params = record.params
     experiment = params.get("experiment") or record.tags.get("cxr.experiment", "acgan")
     return SearchConfig(experiment=experiment, preset=params.get("preset", "s0"),
@@ -93,6 +120,12 @@ def shown(ranked: pd.DataFrame, rows: int = 10) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # pandas, MLflow and the registries: only once the options are good
+    from orchestrator import ranking
+    from orchestrator.finalize import mark_kept
+    from orchestrator.store.layout import StoreError
+    from orchestrator.store.reader import load_epoch_table, load_search
+
     try:
         record = load_search(args.search, args.mlflow_uri)
     except StoreError as exc:
@@ -104,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         table = mark_kept(table)
     verdicts = ranking.load_verdicts_csv(args.verdicts) if args.verdicts else None
     options = {"staged": {"shortlist": args.shortlist},
-               "pareto": {"objectives": tuple(args.objectives.split(","))},
+               "pareto": {"objectives": tuple(args.objective.split(","))},
                "weighted": {"weights": _weights(args.weights)}}[args.policy]
     limit = args.min_diversity if args.min_diversity is not None else cfg.diversity_limit()
     memorised = args.max_memorised if args.max_memorised is not None else cfg.max_memorised
@@ -123,6 +156,11 @@ def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFra
                      dry_run: bool) -> str:
     """Move the search's selection to the new rank 1 (tags, note, ranking artefact, a new
     registry version aliased `champion`); returns what happened, in a sentence."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import ranking
+    from orchestrator.finalize import record_best
+
     try:
         best = ranking.best(ranked).to_dict()
     except ValueError as exc:

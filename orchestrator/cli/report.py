@@ -1,35 +1,48 @@
-"""`python -m orchestrator.report <search | latest> --out report/`: figures + report.md of a
-search (`orchestrator.view`)."""
+"""`python -m orchestrator.report <search | latest> --out report/` (also `cxr-report`): figures
+and report.md of a search (`orchestrator.view`)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-from orchestrator.config import DEFAULT_MLFLOW_URI
-from orchestrator.store.layout import StoreError
-from orchestrator.view import TOP_K, write_report
+from orchestrator.cli.search import HelpFormatter, add_mlflow_uri, add_search_name
+
+TOP_K = 4  # orchestrator.view.TOP_K (tests/test_cli_help.py): not imported, it loads pandas
+EXAMPLES = """examples:
+  python -m orchestrator.report latest --out report/
+  python -m orchestrator.report acgan-s0-20250101-120000 --mlflow-uri http://HEAD:5000 \\
+      --out reports/acgan --top-k 8
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.report",
-                                description="Figures and a Markdown summary of one search.")
-    p.add_argument("search", help="search name (= MLflow experiment) or 'latest'")
-    p.add_argument("--out", default="report", help="output folder (default ./report)")
-    p.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI,
-                   help=f"MLflow tracking URI (default {DEFAULT_MLFLOW_URI})")
-    p.add_argument("--top-k", type=int, default=TOP_K, help="epochs whose grids are shown")
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.report", formatter_class=HelpFormatter, epilog=EXAMPLES,
+        description="Figures and a Markdown summary (report.md) of one search "
+                    "(also: cxr-report).")
+    which = p.add_argument_group("which search")
+    add_search_name(which)
+    add_mlflow_uri(which)
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="report", metavar="DIR", help="output folder")
+    out.add_argument("--top-k", type=int, default=TOP_K, metavar="K",
+                     help="epochs whose grids are shown")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # One progress bar per downloaded grid would bury the report's own messages.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.top_k < 1:
         print(f"error: --top-k must be >= 1, got {args.top_k}", file=sys.stderr)
         return 2
+    # MLflow, pandas and matplotlib: only once the options are good
+    from orchestrator.store.layout import StoreError
+    from orchestrator.view import write_report
+
     try:
         path = write_report(args.search, args.mlflow_uri, args.out, top_k=args.top_k)
     except StoreError as exc:

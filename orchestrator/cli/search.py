@@ -1,133 +1,241 @@
-"""`python -m orchestrator.search {acgan,dcgan,cgan,...,classifier}`: the search users run.
+"""`python -m orchestrator.search {acgan,dcgan,cgan,wgan_gp,classifier}` (also `cxr-search`):
+the search users run.
 
 With no options: a local Ray on this machine's CPUs/GPUs, MLflow at
 `sqlite:///mlruns/mlflow.db` (artefacts under ./mlruns), Tune storage under ./ray_results,
 and the default data set (PneumoniaMNIST).  On a machine without a GPU and without an
 explicit budget the CPU smoke budget is used, and the command says so.
+
+Only the standard library is imported before the options have parsed: torch, Ray, MLflow and
+the registries (which load the model code) come with the run, so `--help` and option errors
+return at once.  rank, report and generate take their shared names and options from here.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-
-from orchestrator import registry
 from orchestrator.cli import parse_then_run
-from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, MAX_MEMORISED, SearchConfig, validate)
-from orchestrator.pipeline import run_search
-from trainables.gan.presets import PRESETS
+
+if TYPE_CHECKING:
+    from orchestrator.config import SearchConfig
+
+# The registries' names and the config's defaults, written out so that building a parser
+# imports nothing heavy (`orchestrator.registry` loads torch and the model code).
+# tests/test_cli_help.py checks them against the real ones, so they cannot drift: a new GAN
+# family or preset fails that test until it is added here.
+EXPERIMENTS = ("acgan", "dcgan", "cgan", "wgan_gp", "classifier")  # registry.EXPERIMENTS
+PRESETS = ("s0", "s1", "s2", "s3", "s4")  # trainables.gan.presets.PRESETS
+SEARCHERS = ("optuna", "random")  # registry.SEARCHERS
+TUNE_SCHEDULERS = ("asha", "none", "pbt")  # registry.TUNE_SCHEDULERS
+POLICIES = ("staged", "pareto", "weighted")  # orchestrator.ranking.POLICIES
+DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"  # orchestrator.config.DEFAULT_MLFLOW_URI
+DEFAULT_STORAGE = "ray_results"  # orchestrator.config.DEFAULT_STORAGE
+MAX_MEMORISED = 0.05  # orchestrator.ranking.MAX_MEMORISED
+SET_HELP = "help"  # `--set help` lists the keys --set takes
+
+EXAMPLES = """examples:
+  python -m orchestrator.search acgan --smoke --data ../shared/data/covid19-radiography-subset
+  python -m orchestrator.search dcgan --preset s4 --num-samples 40 --max-epochs 200 \\
+      --objective fid,cas_acc --storage s3://BUCKET/cxr --mlflow-uri http://HEAD:5000
+  python -m orchestrator.search acgan --set help      # the keys --set overrides
+"""
+
+
+def __getattr__(name: str):
+    # `search.SearchConfig` (tests, notebooks) without importing the config, and with it the
+    # registries, whenever this module is imported for --help.
+    if name == "SearchConfig":
+        from orchestrator.config import SearchConfig
+
+        return SearchConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every command's help: `(default: X)` after each option that has a default (None,
+    False and [] are left out: the help text says what happens then), and the epilog's
+    example command lines kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: still works, hidden from --help, warns when used."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs):
+        kwargs.setdefault("default", argparse.SUPPRESS)  # never overwrite the new option's
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_objective(group, *, default: str | None, help: str) -> None:
+    """`--objective` (comma-separated metrics), the same name in search and rank; rank's old
+    `--objectives` still works."""
+    group.add_argument("--objective", default=default, metavar="METRICS", help=help)
+    group.add_argument("--objectives", dest="objective", action=DeprecatedAlias, new="--objective")
+
+
+def add_search_name(group, **kwargs) -> None:
+    """The positional `search` of rank, report and generate."""
+    group.add_argument("search", metavar="SEARCH",
+                       help="search name (= MLflow experiment) or 'latest'", **kwargs)
+
+
+def add_mlflow_uri(group) -> None:
+    group.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI, metavar="URI",
+                       help="MLflow tracking URI (sqlite:///… or http://host:port)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m orchestrator.search",
-        description="Search GAN (or classifier) hyper-parameters with Ray Tune + Optuna, "
-                    "rank every epoch, record everything in MLflow.")
-    p.add_argument("experiment", choices=registry.EXPERIMENTS, help="what to train and search")
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="seed system to reproduce and search around (shared/SYSTEMS.md): "
-                        "s0/s3 AC-GAN, s1/s4 DCGAN, s2 cGAN; default s0, s1, s2 by family")
-    p.add_argument("--data", default="default",
-                   help="data source: a folder-per-class directory, a COVIDx directory, an "
-                        "ieee8023 metadata.csv, a MedMNIST .npz, or 'default' (PneumoniaMNIST)")
-    p.add_argument("--duplicates", choices=("drop", "error", "keep"), default="drop",
-                   help="byte-identical images under two names (a train/val leak in several "
-                        "published sets): drop (default) keeps one file of each group, the "
-                        "earliest split's (train, then val, then test), and prints how many; "
-                        "error stops; keep loads them all. All are listed in duplicates.csv "
-                        "beside the manifest")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable/truncated images instead of stopping; they are "
-                        "printed and listed in skipped.csv beside the manifest")
-    p.add_argument("--num-samples", type=int, help="number of trials (default 20; smoke 4)")
-    p.add_argument("--max-epochs", type=int, help="epochs per trial (default: the preset's)")
-    p.add_argument("--max-concurrent", type=int,
-                   help="trials at once (default: cluster GPUs / GPUs per trial, or CPUs)")
-    p.add_argument("--workers-per-trial", type=int, default=1,
-                   help="Ray Train workers (DDP processes) per trial (default 1)")
-    p.add_argument("--gpus-per-worker", type=float,
-                   help="GPUs per worker (default 1 if the cluster has GPUs, else 0)")
-    p.add_argument("--gpu-wait", type=float, default=0.0, metavar="SECONDS",
-                   help="on an autoscaling cluster (`ray up cluster.yaml`, GPU nodes scale "
-                        "from zero): ask the autoscaler for the GPUs a trial needs and wait up "
-                        "to SECONDS for them; trials then run as the autoscaler adds nodes")
-    p.add_argument("--searcher", choices=registry.SEARCHERS, default="optuna",
-                   help="optuna: TPE (seeded); random: Optuna's random sampler, same space")
-    p.add_argument("--scheduler", choices=registry.TUNE_SCHEDULERS, default="asha",
-                   help="asha: early stopping on the objective; pbt: population based "
-                        "training (random search); none: run every trial to the end")
-    p.add_argument("--objective",
-                   help="per-epoch metric to optimise, e.g. fid, kid, cas_acc; comma-separate "
-                        "two or more for multi-objective Optuna (ASHA uses the first)")
-    p.add_argument("--keep-epochs", type=int, default=5, metavar="K",
-                   help="per trial, keep the generator weights of the K best epochs by the "
-                        "(first) objective, plus the last two full training states for resume "
-                        "(default 5); every epoch's metrics and grid are kept")
-    p.add_argument("--min-diversity", type=float, metavar="RATIO",
-                   help="never select an epoch whose within-class diversity ratio (fakes vs "
-                        "real) is below RATIO (default 0.4; 0.25 at the smoke budget)")
-    p.add_argument("--max-memorised", type=float, default=MAX_MEMORISED, metavar="SHARE",
-                   help="never select an epoch whose memorised_share (fakes nearer a training "
-                        "image than almost any unseen real image) is above SHARE (default 0.05)")
-    p.add_argument("--asha-grace", type=float, default=0.25, metavar="SHARE",
-                   help="ASHA stops no trial before this share of the epochs (default 0.25)")
-    p.add_argument("--policy", choices=list(registry.POLICIES), default="staged",
-                   help="epoch-ranking policy run at the end of the search")
-    p.add_argument("--storage", default=DEFAULT_STORAGE,
-                   help="Tune storage: a local path or s3://… / gs://… (required on a cluster)")
-    p.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI,
-                   help="MLflow tracking URI (sqlite:///… or http://host:port)")
-    p.add_argument("--name", help="search name (= MLflow experiment); default <exp>-<preset>-<time>")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted search --name (or the latest one)")
-    p.add_argument("--force", action="store_true",
-                   help="with --resume: continue even though the settings or the data's "
-                        "fingerprint differ from the first run's (the difference is recorded)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and the trials")
-    p.add_argument("--execution", choices=("auto", "function", "train"), default="auto",
-                   help="train: every trial is a Ray Train TorchTrainer (DDP); function: the "
-                        "loop runs in the Tune trial (1 worker); auto: train when a trial has "
-                        "GPUs or several workers")
-    p.add_argument("--eval-metrics",
-                   help="comma-separated per-epoch evaluation metrics "
-                        "(fid,kid,intra_fid,is,cas,visual,memorisation); default depends on --smoke")
-    p.add_argument("--eval-every", type=int, help="evaluate every k epochs")
-    p.add_argument("--tune", action="store_true",
-                   help="classifier: search its hyper-parameters (lr, batch size, dropout, "
-                        "strategy) with Tune instead of running the strategy study")
-    p.add_argument("--no-pretrained", action="store_true",
-                   help="classifier: train VGG16/ResNet50 from scratch instead of loading "
-                        "ImageNet weights from the torch hub cache (labelled in MLflow)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a trial config field (e.g. --set width=0.25); unknown keys fail")
+        prog="python -m orchestrator.search", formatter_class=HelpFormatter, epilog=EXAMPLES,
+        description="Search GAN (or classifier) hyper-parameters with Ray Tune + Optuna,\n"
+                    "rank every epoch, record everything in MLflow (also: cxr-search).")
+    p.add_argument("experiment", choices=EXPERIMENTS, help="what to train and search")
+    _what_options(p.add_argument_group("what to search"))
+    _data_options(p.add_argument_group("data"))
+    _budget_options(p.add_argument_group("budget"))
+    _resource_options(p.add_argument_group("resources (Ray)"))
+    _ranking_options(p.add_argument_group("ranking (which epoch is selected)"))
+    _storage_options(p.add_argument_group("storage"))
+    _classifier_options(p.add_argument_group("classifier only"))
     return p
 
 
-def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
-    args = build_parser().parse_args(argv)
+def _what_options(g) -> None:
+    g.add_argument("--preset", choices=PRESETS,
+                   help="seed system to reproduce and search around (shared/SYSTEMS.md): "
+                        "s0/s3 AC-GAN, s1/s4 DCGAN, s2 cGAN; default s0, s1, s2 by family")
+    g.add_argument("--searcher", choices=SEARCHERS, default="optuna",
+                   help="optuna: TPE (seeded); random: Optuna's random sampler, same space")
+    g.add_argument("--scheduler", choices=TUNE_SCHEDULERS, default="asha",
+                   help="asha: early stopping on the objective; pbt: population based "
+                        "training (random search); none: run every trial to the end")
+    add_objective(g, default=None,
+                  help="per-epoch metric to optimise, e.g. fid, kid, cas_acc; comma-separate "
+                       "two or more for multi-objective Optuna (ASHA uses the first); "
+                       "default fid (classifier: val_macro_f1)")
+    g.add_argument("--asha-grace", type=float, default=0.25, metavar="SHARE",
+                   help="ASHA stops no trial before this share of the epochs")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the searcher and the trials")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trial config field (e.g. --set width=0.25; values are "
+                        "YAML); unknown keys fail; `--set help` lists the keys")
+
+
+def _data_options(g) -> None:
+    g.add_argument("--data", default="default", metavar="SOURCE",
+                   help="data source: a folder-per-class directory, a COVIDx directory, an "
+                        "ieee8023 metadata.csv, a MedMNIST .npz, or 'default' (PneumoniaMNIST)")
+    g.add_argument("--duplicates", choices=("drop", "error", "keep"), default="drop",
+                   help="byte-identical images under two names (a train/val leak in several "
+                        "published sets): drop keeps one file of each group, the earliest "
+                        "split's (train, then val, then test), and prints how many; error "
+                        "stops; keep loads them all. All are listed in duplicates.csv beside "
+                        "the manifest")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable/truncated images instead of stopping; they are "
+                        "printed and listed in skipped.csv beside the manifest")
+
+
+def _budget_options(g) -> None:
+    g.add_argument("--smoke", action="store_true",
+                   help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
+    g.add_argument("--num-samples", type=int, metavar="N", help="number of trials (default 20; smoke 4)")
+    g.add_argument("--max-epochs", type=int, metavar="N", help="epochs per trial (default: the preset's)")
+    g.add_argument("--eval-metrics", metavar="LIST",
+                   help="comma-separated per-epoch evaluation metrics "
+                        "(fid,kid,intra_fid,is,cas,visual,memorisation); default depends on --smoke")
+    g.add_argument("--eval-every", type=int, metavar="K",
+                   help="evaluate every K epochs (default: the preset's)")
+    g.add_argument("--keep-epochs", type=int, default=5, metavar="K",
+                   help="per trial, keep the generator weights of the K best epochs by the "
+                        "(first) objective, plus the last two full training states for resume; "
+                        "every epoch's metrics and grid are kept")
+
+
+def _resource_options(g) -> None:
+    g.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="trials at once (default: cluster GPUs / GPUs per trial, or CPUs)")
+    g.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                   help="Ray Train workers (DDP processes) per trial")
+    g.add_argument("--gpus-per-worker", type=float, metavar="GPUS",
+                   help="GPUs per worker (default 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--gpu-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="on an autoscaling cluster (`ray up cluster.yaml`, GPU nodes scale "
+                        "from zero): ask the autoscaler for the GPUs a trial needs and wait up "
+                        "to SECONDS for them; trials then run as the autoscaler adds nodes")
+    g.add_argument("--execution", choices=("auto", "function", "train"), default="auto",
+                   help="train: every trial is a Ray Train TorchTrainer (DDP); function: the "
+                        "loop runs in the Tune trial (1 worker); auto: train when a trial has "
+                        "GPUs or several workers")
+
+
+def _ranking_options(g) -> None:
+    g.add_argument("--policy", choices=POLICIES, default="staged",
+                   help="epoch-ranking policy run at the end of the search "
+                        "(`python -m orchestrator.rank` re-ranks later)")
+    g.add_argument("--min-diversity", type=float, metavar="RATIO",
+                   help="never select an epoch whose within-class diversity ratio (fakes vs "
+                        "real) is below RATIO (default 0.4; 0.25 at the smoke budget)")
+    g.add_argument("--max-memorised", type=float, default=MAX_MEMORISED, metavar="SHARE",
+                   help="never select an epoch whose memorised_share (fakes nearer a training "
+                        "image than almost any unseen real image) is above SHARE")
+
+
+def _storage_options(g) -> None:
+    g.add_argument("--storage", default=DEFAULT_STORAGE, metavar="PATH|URI",
+                   help="Tune storage: a local path or s3://… / gs://… (required on a cluster)")
+    add_mlflow_uri(g)
+    g.add_argument("--name", metavar="NAME", help="search name (= MLflow experiment); default <exp>-<preset>-<time>")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search --name (or the latest one)")
+    g.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though the settings or the data's "
+                        "fingerprint differ from the first run's (the difference is recorded)")
+
+
+def _classifier_options(g) -> None:
+    g.add_argument("--tune", action="store_true",
+                   help="search its hyper-parameters (lr, batch size, dropout, strategy) with "
+                        "Tune; without it `search classifier` is the strategy study "
+                        "(`python -m orchestrator.study`)")
+    g.add_argument("--no-pretrained", action="store_true",
+                   help="train VGG16/ResNet50 from scratch instead of loading ImageNet "
+                        "weights from the torch hub cache (labelled in MLflow)")
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> SearchConfig:
+    """Parse and validate; a bad value raises ValueError naming the option."""
+    return config_from_namespace(build_parser().parse_args(argv))
+
+
+def config_from_namespace(args: argparse.Namespace) -> SearchConfig:
+    """The validated SearchConfig of parsed options (imports the registries)."""
+    from dataclasses import replace
+
+    from orchestrator import registry
+    from orchestrator.config import SearchConfig, validate
+
     preset = args.preset or registry.default_preset(args.experiment)
     allowed = registry.presets_of(args.experiment)
     if preset not in allowed:
         raise ValueError(f"preset {preset!r} is a {registry.preset_family(preset)} system, not "
                          f"{args.experiment}; {args.experiment} presets: {', '.join(allowed)}")
-    cfg = SearchConfig(
-        experiment=args.experiment, preset=preset, data=args.data,
-        num_samples=20 if args.num_samples is None else args.num_samples, max_epochs=args.max_epochs,
-        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
-        gpus_per_worker=args.gpus_per_worker, gpu_wait=args.gpu_wait, searcher=args.searcher, scheduler=args.scheduler,
-        objective=args.objective, storage=args.storage, mlflow_uri=args.mlflow_uri,
-        name=args.name, resume=args.resume, smoke=args.smoke, seed=args.seed,
-        policy=args.policy, execution=args.execution, eval_metrics=args.eval_metrics,
-        eval_every=args.eval_every, duplicates=args.duplicates, tune=args.tune,
-        skip_bad=args.skip_bad, no_pretrained=args.no_pretrained,
-        keep_epochs=args.keep_epochs, asha_grace=args.asha_grace, force=args.force,
-        min_diversity=args.min_diversity, max_memorised=args.max_memorised,
-        overrides=tuple(args.overrides))
+    # Every option's dest is a SearchConfig field (tests/test_search_cli.py checks it).
+    options = {**vars(args), "preset": preset, "overrides": tuple(args.overrides),
+               "num_samples": 20 if args.num_samples is None else args.num_samples}
+    cfg = SearchConfig(**options)
     budget_given = args.num_samples is not None or args.max_epochs is not None
     if not cfg.smoke and not budget_given and not _has_gpu():
         print("No GPU found and no budget given (--num-samples/--max-epochs): running the CPU "
@@ -141,17 +249,74 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> SearchConfig:
 
 
 def _has_gpu() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def print_set_help(cfg: SearchConfig) -> None:
+    """`--set help`: the trial config fields --set overrides (GANConfig, or ClassifierConfig
+    for `classifier --tune`) with their types, defaults and the values this command line
+    starts every trial from (preset, family, budget and the other --set values)."""
+    from orchestrator.run import settings
+
+    if cfg.is_gan:
+        from trainables.gan.config import GANConfig as kind
+
+        start = settings.gan_base_config(cfg)
+    else:
+        from trainables.classifier.config import ClassifierConfig as kind
+
+        start = settings.classifier_base_config(cfg)
+    print(f"--set KEY=VALUE overrides these {kind.__name__} fields ({cfg.experiment}, preset "
+          f"{cfg.preset}{', smoke budget' if cfg.smoke else ''}):\n")
+    print(config_table(kind, start))
+    print(f"\nValues are YAML: --set amp=false --set lr_g=1e-4 --set variant=null.\n"
+          f"The keys search_spaces/{cfg.experiment}.py samples are set per trial, over these.")
+
+
+def config_table(kind, start: dict) -> str:
+    """One line per dataclass field: key, type, default, and the start value if it differs."""
+    import dataclasses
+
+    rows = [("KEY", "TYPE", "DEFAULT", "THIS SEARCH")]
+    for f in dataclasses.fields(kind):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = start.get(f.name, default)
+        rows.append((f.name, str(f.type), _as_set_value(default),
+                     _as_set_value(value) if value != default else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths + [0])).rstrip()
+                     for row in rows)
+
+
+def _as_set_value(value) -> str:
+    """How a value is written after `--set KEY=` (YAML): null, true/false, '' for empty."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "''"
+
+
+def _run_search(cfg: SearchConfig) -> None:
+    from orchestrator.pipeline import run_search  # Ray, MLflow and torch: only now
+
+    run_search(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["classifier"] and "--tune" not in argv:
         # `search classifier` is the study's old name: the study has its own command now
         from orchestrator.study.cli import main as study_main
 
         return study_main(argv[1:], prog="python -m orchestrator.search classifier")
-    return parse_then_run(lambda: config_from_args(argv), run_search)
+    args = build_parser().parse_args(argv)
+    if SET_HELP in args.overrides:
+        args.overrides = [o for o in args.overrides if o != SET_HELP]
+        return parse_then_run(lambda: config_from_namespace(args), print_set_help)
+    return parse_then_run(lambda: config_from_namespace(args), _run_search)
 
 
 if __name__ == "__main__":
