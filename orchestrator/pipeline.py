@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from orchestrator import registry
 from orchestrator.config import ConfigError, SearchConfig, default_name
 from orchestrator.finalize import finalize_search
-from orchestrator.run import cluster, preflight
+from orchestrator.run import cluster, lock, preflight
 from orchestrator.run.settings import trial_settings
-from orchestrator.run.tuner import build_tuner
+from orchestrator.run.tuner import build_tuner, watching_interrupts
 from orchestrator.store import layout, writer
 from trainables.trial import TrialSettings
 
@@ -24,13 +25,22 @@ def run_search(cfg: SearchConfig):
     """Run (or resume) the search described by `cfg`; returns the final summary dict.
 
     Every check that can fail on the user's input runs before Ray or MLflow start; once the
-    parent run exists, any error ends it FAILED (an interrupt: KILLED) with the reason."""
+    parent run exists, any error ends it FAILED with the reason.  A Ctrl-C ends it KILLED
+    ("interrupted by the user") and raises KeyboardInterrupt with the command that resumes it.
+    One driver per search: a second start of the same search (or a --resume of a live one)
+    is refused before anything expensive starts (`orchestrator.run.lock`)."""
     # MLflow's per-download progress bars would bury the summary at the end.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     storage = _storage_path(cfg.storage)
     preflight.check_storage(storage)
     preflight.check_tracking_store(cfg.mlflow_uri)
     cfg = _resolve_name(cfg, storage)
+    with lock.acquire(lock.lock_path(storage, cfg.name), cfg.name,
+                      f"{storage.rstrip('/')}/{cfg.name}", resume=cfg.resume):
+        return _run_locked(cfg, storage)
+
+
+def _run_locked(cfg: SearchConfig, storage: str):
     settings = preflight.preflight_data(trial_settings(cfg, storage))
     prepare_tracking(cfg.mlflow_uri)
     cluster.init_ray()
@@ -47,6 +57,8 @@ def run_search(cfg: SearchConfig):
         **layout.source_tags("orchestrator.search")})
     try:
         return _search(cfg, settings, storage, client, parent)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_end_interrupted(cfg, client, parent)) from None
     except BaseException as exc:
         client.set_tag(parent, "cxr.error", layout.short(f"{type(exc).__name__}: {exc}"))
         client.set_terminated(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
@@ -55,7 +67,7 @@ def run_search(cfg: SearchConfig):
 
 def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, parent: str):
     if cfg.resume:
-        client.update_run(parent, status="RUNNING")
+        writer.reopen_interrupted(client, cfg.name, parent)
     else:
         _log_search_space(client, parent, cfg.experiment)
         client.log_inputs(parent, datasets=[layout.dataset_input(settings.data,
@@ -65,8 +77,40 @@ def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, pa
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     callback = writer.MlflowSearchCallback(cfg.mlflow_uri, cfg.name, parent, settings.epochs,
                                            (settings.data, settings.data_fingerprint))
-    results = build_tuner(cfg, settings, storage, callback).fit()
+    tuner = build_tuner(cfg, settings, storage, callback)
+    with watching_interrupts() as interrupted:
+        results = tuner.fit()
+    if interrupted.is_set():
+        raise KeyboardInterrupt  # Tune caught the Ctrl-C and saved its state: end KILLED
     return finalize_search(cfg, settings, results, client, parent)
+
+
+def _end_interrupted(cfg: SearchConfig, client, parent: str) -> str:
+    """Record a Ctrl-C (trial runs and the search run KILLED, with the reason) and return
+    the message that says how to resume."""
+    command = resume_command(cfg)
+    stopped = writer.end_interrupted(client, cfg.name, parent, command)
+    return (f"search {cfg.name!r} {writer.INTERRUPTED}; {len(stopped)} running trial(s) "
+            f"stopped and recorded as KILLED. Resume it with:\n  {command}")
+
+
+def resume_command(cfg: SearchConfig) -> str:
+    """The command line that continues this search: the one it was started with (`--name`
+    made explicit, since a default name is a time) plus `--resume`; when the search was not
+    started from its command, the options that find it (the rest must match the first run's)."""
+    argv = lock.invocation()
+    if argv is None:
+        argv = ["python", "-m", "orchestrator.search", cfg.experiment, "--storage",
+                cfg.storage, "--mlflow-uri", cfg.mlflow_uri]
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--resume" or arg.startswith("--name="):
+            skip = False
+            continue
+        skip = arg == "--name"
+        if not skip:
+            kept.append(arg)
+    return shlex.join([*kept, "--name", cfg.name, "--resume"])
 
 
 def prepare_tracking(uri: str) -> None:

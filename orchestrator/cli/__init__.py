@@ -9,7 +9,8 @@ Config = TypeVar("Config")
 def parse_then_run(parse: Callable[[], Config], run: Callable[[Config], object]) -> int:
     """The commands' shared ending: a bad option (ValueError while parsing) or a bad setting
     found before anything started (ConfigError while running) is one `error:` line and exit
-    code 2; success is 0."""
+    code 2; a Ctrl-C is `interrupted:` and what the command says about it (how to resume),
+    exit code 130 (128 + SIGINT, as a shell reports it); success is 0."""
     from orchestrator.config import ConfigError
 
     try:
@@ -22,4 +23,7 @@ def parse_then_run(parse: Callable[[], Config], run: Callable[[Config], object])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return 130
     return 0

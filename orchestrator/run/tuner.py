@@ -2,12 +2,17 @@
 random starts under PBT), the scheduler (ASHA, PBT or FIFO) and the Tuner itself."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
+import signal
+import threading
 from pathlib import Path
 
 import optuna
 from ray import tune
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -54,7 +59,7 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
     )
     console = ConsoleCallback(cfg.objectives()[0][0], mode, settings.epochs, cfg.num_samples)
     run_config = tune.RunConfig(
-        name=cfg.name, storage_path=storage, callbacks=[callback, console],
+        name=cfg.name, storage_path=storage, callbacks=[callback, console, InterruptWatch()],
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(**checkpoints_kept(settings)),
         verbose=0,  # Ray's status tables off: `console` prints one line per trial epoch
@@ -147,3 +152,56 @@ class BestEpochOptunaSearch(OptunaSearch):
             if any(v is None for v in values):  # a partial point is not a result either
                 result = None
         super().on_trial_complete(trial_id, result, error)
+
+
+class InterruptWatch(Callback):
+    """Notes a Ctrl-C that Tune turns into a graceful stop.
+
+    Ray Tune 2.60 installs its own SIGINT handler when `fit()` starts (before the callbacks'
+    `setup`); the first SIGINT makes it save the experiment state, stop the live trials and
+    return an ordinary ResultGrid: no error, no "interrupted" flag, the trials it stopped
+    TERMINATED like finished ones and without an `on_trial_*` call.  So `setup` wraps that
+    handler, and the driver reads `InterruptWatch.caught`.  The flag is the class's (one
+    search per driver process): on --resume Tune uses the callbacks pickled in tuner.pkl."""
+
+    caught = threading.Event()
+
+    def setup(self, **info):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread; Tune installed none either
+        tune_handler = signal.getsignal(signal.SIGINT)
+
+        def note(signum, frame):
+            InterruptWatch.caught.set()
+            if callable(tune_handler):
+                tune_handler(signum, frame)
+            else:  # no Python handler to hand over to: stop like Python's default
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, note)
+
+
+class _NoRestoreHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)": the product says its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def watching_interrupts():
+    """Around `tuner.fit()`: yields an Event set when a Ctrl-C stopped it (InterruptWatch).
+
+    Tune leaves its SIGINT handler installed after a normal end; the previous one is put
+    back, so that a Ctrl-C after fit() (during the ranking) interrupts the driver."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    InterruptWatch.caught.clear()
+    hint_filter = _NoRestoreHint()
+    logging.getLogger("ray.tune.tune").addFilter(hint_filter)
+    try:
+        yield InterruptWatch.caught
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(hint_filter)
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)

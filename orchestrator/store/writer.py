@@ -50,6 +50,46 @@ def start_parent_run(client, search_name: str, params: dict, tags: dict,
     return run.info.run_id
 
 
+# A search ended by Ctrl-C: the search run's reason, and its trials' stop_reason.
+INTERRUPTED = "interrupted by the user"
+STOP_REASON = "cxr.stop_reason"
+RESUME_COMMAND = "cxr.resume_command"
+_TRIAL_INTERRUPTED = f"{INTERRUPTED} (Ctrl-C); --resume continues this trial"
+
+
+def end_interrupted(client, search_name: str, parent_run_id: str,
+                    resume_command: str) -> list[str]:
+    """A Ctrl-C: trial runs still RUNNING (Tune stopped their trials without a callback) and
+    the search run end KILLED with the reason; the search run keeps the command that resumes
+    it.  Returns the stopped trials' ids."""
+    stopped = []
+    for run in trial_runs(client, experiment_id(client, search_name), parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, STATUS, "killed")
+            client.set_tag(run.info.run_id, "stop_reason", _TRIAL_INTERRUPTED)
+            client.set_terminated(run.info.run_id, "KILLED")
+            stopped.append(run.data.tags.get(TRIAL_ID, run.info.run_id))
+    client.set_tag(parent_run_id, STOP_REASON, INTERRUPTED)
+    client.set_tag(parent_run_id, RESUME_COMMAND, short(resume_command))
+    client.set_terminated(parent_run_id, "KILLED")
+    return stopped
+
+
+def reopen_interrupted(client, search_name: str, parent_run_id: str) -> None:
+    """--resume: the search run and the trial runs a Ctrl-C ended are RUNNING again (Tune
+    continues their trials), without the interrupt's tags."""
+    client.update_run(parent_run_id, status="RUNNING")
+    tags = client.get_run(parent_run_id).data.tags
+    for key in (STOP_REASON, RESUME_COMMAND):
+        if key in tags:
+            client.delete_tag(parent_run_id, key)
+    for run in trial_runs(client, experiment_id(client, search_name), parent_run_id):
+        if run.data.tags.get("stop_reason") == _TRIAL_INTERRUPTED:
+            client.update_run(run.info.run_id, status="RUNNING")
+            client.delete_tag(run.info.run_id, "stop_reason")
+            client.delete_tag(run.info.run_id, STATUS)
+
+
 class MlflowSearchCallback(Callback):
     """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths."""
 
