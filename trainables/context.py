@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # annotation only: trainables.gan imports this module
+    from trainables.gan.checkpoint import StateStore
 
 
 @dataclass
@@ -20,6 +23,12 @@ class RunContext:
     run_dir: a local directory the loop may write grids/checkpoints into (rank 0 only).
     report: called once per epoch with (metrics, checkpoint_dir or None).
     resume_dir: a checkpoint directory to resume from, or None.
+    states: where the GAN loop writes its full training states (None: beside its epoch
+        folders in run_dir); resume_states: where to look for the state of a resume_dir that
+        has none (None: the folders beside resume_dir).  See `trainables.gan.checkpoint`.
+    about_to_stop: True when the environment is about to end the run (Ray Train's
+        preemption notice), so the loop writes its full state now; called once per epoch on
+        every rank (it may be a collective).
     """
 
     run_dir: Path
@@ -29,6 +38,9 @@ class RunContext:
     report: Callable[[dict, Optional[Path]], None] = lambda metrics, ckpt: None
     resume_dir: Optional[Path] = None
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m
+    states: Optional["StateStore"] = None
+    resume_states: Optional["StateStore"] = None
+    about_to_stop: Callable[[], bool] = lambda: False
     # What `report` received, epoch by epoch (filled by the standalone context).
     history: list = field(default_factory=list)
 

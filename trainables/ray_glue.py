@@ -12,6 +12,11 @@ Two execution paths run the *same* training loop (`trainables.gan.train_gan` or
   `ScalingConfig(num_workers, use_gpu)`; each worker runs the loop under DDP and metrics
   reach Tune through `TuneReportCallback`.  Checkpoints then live in the Train run's
   storage; the metric `checkpoint_path` says where.
+
+On both paths an epoch's local checkpoint folder is deleted once Ray has copied it to the
+storage, and the GAN loop's full training states go straight to `states/` beside the trial's
+(or Train run's) checkpoints, the newest two kept (`trainables.gan.checkpoint.StateStore`):
+Ray's retention keeps checkpoints by score and would delete the state resume needs.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.context import RunContext
+from trainables.gan.checkpoint import STATES_DIR, StateStore
 from trainables.trial import KEEP_SCORE, Placement, TrialSettings, run_trial
 
 
@@ -57,6 +63,7 @@ def _run_in_process(config: dict, settings: TrialSettings) -> None:
     resume_dir = None
     if checkpoint is not None:
         resume_dir = Path(checkpoint.to_directory(str(run_dir / "resume")))
+    storage = tune.get_context().get_storage()  # the trial's folder in the search's storage
     # PBT restarts a trial from *another* trial's checkpoint: say so once, so the epoch
     # ranking can follow the lineage.  (A trial resuming its own checkpoint is no news.)
     origin = [checkpoint.path] if checkpoint is not None and \
@@ -70,15 +77,16 @@ def _run_in_process(config: dict, settings: TrialSettings) -> None:
         if epoch_dir is None:
             tune.report(metrics)
             return
+        # tune.report copies the folder into the storage before it returns.
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(epoch_dir)))
-        if epoch_dir.name.startswith("epoch_"):
-            # The GAN loop writes a new directory per epoch and Tune has just copied it into
-            # the search's storage: the local copy is waste.  (The classifier reuses one.)
+        if disposable(epoch_dir):
             shutil.rmtree(epoch_dir, ignore_errors=True)
 
     device = torch.device("cuda" if settings.placement.use_gpu and torch.cuda.is_available()
                           else "cpu")
-    ctx = RunContext(run_dir=run_dir, device=device, report=report, resume_dir=resume_dir)
+    ctx = RunContext(run_dir=run_dir, device=device, report=report, resume_dir=resume_dir,
+                     states=trial_states(storage.trial_fs_path, storage.storage_filesystem),
+                     resume_states=states_of(checkpoint))
     try:
         run_trial(config, settings, ctx)
     finally:
@@ -109,11 +117,29 @@ def _run_with_torch_trainer(config: dict, settings: TrialSettings) -> None:
     trainer.fit()
 
 
+def disposable(checkpoint_dir: Path) -> bool:
+    """Whether a reported checkpoint folder is deleted once Ray has copied it: the GAN loop
+    writes a new one per epoch (the classifier rewrites one folder in place)."""
+    return checkpoint_dir.name.startswith("epoch_")
+
+
+def trial_states(folder: str, filesystem) -> StateStore:
+    """The full training states of the trial (or Train run) whose checkpoints are in
+    `folder` on `filesystem`."""
+    return StateStore(f"{folder.rstrip('/')}/{STATES_DIR}", filesystem)
+
+
+def states_of(checkpoint) -> Optional[StateStore]:
+    """Where the states behind a persisted checkpoint are (another trial's, under PBT)."""
+    return None if checkpoint is None else StateStore.beside(checkpoint.path,
+                                                             checkpoint.filesystem)
+
+
 def checkpoints_kept(settings: TrialSettings) -> dict:
     """`CheckpointConfig` arguments (Tune's and Train's) for bounded disk: the checkpoints
     of the `keep_epochs` best epochs by the first objective (`keep_score`; epochs without it
-    go first), and always the latest one (Ray never deletes it: resume needs it).  The driver strips the full training state from all but the last
-    two (`orchestrator.store.writer`)."""
+    go first), and always the latest one.  They hold generators, not full training states:
+    those live in the trial's `states/` folder (two kept; see `trial_states`)."""
     mode = settings.objectives[0][1] if settings.objectives else "max"
     return dict(num_to_keep=settings.keep_epochs, checkpoint_score_attribute=KEEP_SCORE,
                 checkpoint_score_order=mode)
@@ -147,11 +173,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     resume_dir = None
     if checkpoint is not None:
         resume_dir = Path(checkpoint.to_directory(str(run_dir / "resume")))
+    storage = context.get_storage()  # the Train run's folder in the search's storage
 
     def report(metrics: dict, epoch_dir: Optional[Path]) -> None:
-        # Every rank must call report once per epoch; only rank 0 carries a checkpoint.
+        # Every rank must call report once per epoch; only rank 0 carries a checkpoint.  In
+        # Ray 2.60's default SYNC upload the local folder stays unless we ask for its deletion
+        # (`delete_local_checkpoint_after_upload` defaults to True for ASYNC only).
         ckpt = ray.train.Checkpoint.from_directory(str(epoch_dir)) if epoch_dir else None
-        ray.train.report(_reportable(metrics), checkpoint=ckpt)
+        ray.train.report(_reportable(metrics), checkpoint=ckpt,
+                         delete_local_checkpoint_after_upload=bool(epoch_dir)
+                         and disposable(epoch_dir))
 
     ctx = RunContext(
         run_dir=run_dir,
@@ -161,11 +192,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report=report,
         resume_dir=resume_dir,
         wrap_model=_ddp_wrapper(world),
+        states=trial_states(storage.experiment_fs_path, storage.storage_filesystem),
+        resume_states=states_of(checkpoint),
+        about_to_stop=_preempted,
     )
     try:
         run_trial(loop_config["config"], loop_config["settings"], ctx)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _preempted() -> bool:
+    """Ray Train's notice that a node of this run is about to be reclaimed (a collective:
+    every worker calls it once per epoch)."""
+    return ray.train.get_preemption_info() is not None
 
 
 def _ddp_wrapper(world: int) -> Callable[[torch.nn.Module], torch.nn.Module]:

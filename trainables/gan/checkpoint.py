@@ -1,14 +1,27 @@
 """Self-describing, atomically written GAN checkpoints (`state.pt`, `generator.pt`).
 
 Both load with `torch.load(..., weights_only=True)`: they hold only tensors and plain Python
-types (RNG states included)."""
+types (RNG states included).
+
+Every epoch folder holds `generator.pt` (what ranking and registration read), the grid and
+`resume.json`; the full training state `state.pt` (G, D, both optimisers: ~140 MB at S0's
+size) is written only every `GANConfig.state_every` epochs, at the last and at a stop, into a
+`StateStore` that keeps the newest two.  Resume from any epoch folder goes through
+`resume_state`: the newest full state no later than that epoch."""
 from __future__ import annotations
 
+import io
+import json
+import pickle
 import random
+import re
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -18,6 +31,13 @@ from trainables.gan.config import GANConfig
 
 STATE_FILE, GENERATOR_FILE = "state.pt", "generator.pt"
 STATE_FORMAT, GENERATOR_FORMAT = "cxr-gan-state/1", "cxr-gan-generator/1"
+RESUME_FILE = "resume.json"  # in every epoch folder: {"epoch": e, "state_epoch": newest state}
+STATES_DIR = "states"        # a Ray trial's full states, beside its checkpoint folders
+FULL_STATES_KEPT = 2         # the newest, and the one before it for a torn or corrupt newest
+_EPOCH_DIR = re.compile(r"epoch_(\d{4,})")
+# What an unreadable state.pt raises: a torn zip, a truncated file, a refused pickle.
+_UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError,
+               zipfile.BadZipFile)
 
 
 def atomic_save(obj: Any, path: Path | str) -> Path:
@@ -57,7 +77,9 @@ def _resolve(path: Path | str, preferred: str) -> Path:
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(f"no {preferred} or {STATE_FILE} in {path}: expected an "
-                                "epoch_XXXX directory written by train_gan")
+                                "epoch_XXXX directory written by train_gan (its full training "
+                                "state is written every `state_every` epochs only; resume "
+                                "through trainables.gan.checkpoint.resume_state)")
     if not path.is_file():
         raise FileNotFoundError(f"GAN checkpoint {path} does not exist (a search keeps the "
                                 "generators of the --keep-epochs best epochs per trial and the "
@@ -93,3 +115,142 @@ def load_generator(path: Path | str, device: str | torch.device = "cpu"
     G = build_generator(cfg, len(classes), classes, ck["class_indices"])
     G.load_state_dict(ck["generator"])
     return G.to(device).eval(), cfg, classes
+
+
+# ------------------------------------------------------------------- full training states
+def _load_state(source: Path | io.BytesIO, where: str) -> dict[str, Any]:
+    ck = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or ck.get("format") != STATE_FORMAT:
+        raise ValueError(f"{where} is not a full GAN training state ({STATE_FORMAT})")
+    return ck
+
+
+class StateStore:
+    """The full training states of one run, `<root>/epoch_XXXX/state.pt` on a pyarrow file
+    system (local, s3://, gs://), at most `keep` of them.
+
+    A standalone run's store is its run folder (the state beside the epoch's generator.pt); a
+    Ray trial's is `states/` beside its checkpoint folders, out of reach of Ray's best-K
+    retention, which keeps checkpoints by score and would delete the state resume needs."""
+
+    def __init__(self, root: str | Path, filesystem: Optional[pafs.FileSystem] = None,
+                 keep: int = FULL_STATES_KEPT):
+        if filesystem is None:  # a local path: pyarrow wants it absolute
+            filesystem, root = pafs.LocalFileSystem(), Path(root).resolve()
+        self.filesystem, self.root, self.keep = filesystem, str(root).rstrip("/"), keep
+
+    @classmethod
+    def beside(cls, checkpoint_path: str, filesystem: Optional[pafs.FileSystem] = None
+               ) -> "StateStore":
+        """The store of the Ray trial (or Train run) whose checkpoint folder is
+        `checkpoint_path`: `states/` in the folder that holds its checkpoints."""
+        return cls(f"{checkpoint_path.rstrip('/').rpartition('/')[0]}/{STATES_DIR}", filesystem)
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.filesystem.type_name}:{self.root})"
+
+    def path(self, epoch: int) -> str:
+        return f"{self.root}/epoch_{epoch:04d}/{STATE_FILE}"
+
+    @property
+    def _local(self) -> bool:
+        return self.filesystem.type_name == "local"
+
+    def epochs(self) -> list[int]:
+        """The epochs that have a state here, oldest first."""
+        entries = self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        epochs = [int(m.group(1)) for e in entries if e.type == pafs.FileType.Directory
+                  and (m := _EPOCH_DIR.fullmatch(e.base_name))]
+        files = self.filesystem.get_file_info([self.path(e) for e in epochs])
+        return sorted(e for e, f in zip(epochs, files) if f.type == pafs.FileType.File)
+
+    def save(self, state: dict[str, Any], epoch: int, keep: Optional[int] = None) -> str:
+        """Write epoch `epoch`'s state (atomically), then drop all but the newest `keep`
+        (default: the store's), and any later epoch's (a line a resume abandoned)."""
+        path = self.path(epoch)
+        folder = path.rpartition("/")[0]
+        if self._local:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            atomic_save(state, path)
+        else:
+            # An object store shows an object only once its upload completed: atomic as is.
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.filesystem.create_dir(folder)
+            with self.filesystem.open_output_stream(path) as out:
+                out.write(buffer.getbuffer())
+        epochs = self.epochs()
+        older = [e for e in epochs if e < epoch]
+        keep = self.keep if keep is None else keep
+        for stale in [e for e in epochs if e > epoch] + older[:max(len(older) - keep + 1, 0)]:
+            self._remove(stale)
+        return path
+
+    def _remove(self, epoch: int) -> None:
+        path = self.path(epoch)
+        self.filesystem.delete_file(path)
+        folder = path.rpartition("/")[0]
+        if not self.filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            self.filesystem.delete_dir(folder)  # the store's own folder; an epoch folder of a
+                                                # standalone run still holds its generator
+
+    def load(self, epoch: int) -> dict[str, Any]:
+        path = self.path(epoch)
+        if self._local:
+            return _load_state(Path(path), path)
+        with self.filesystem.open_input_file(path) as handle:
+            return _load_state(io.BytesIO(handle.read()), path)
+
+    def load_newest(self, at_most: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The newest readable state no later than epoch `at_most`; an unreadable one (torn,
+        corrupt) falls back to the one before it.  None when there is none; raises when
+        there are states but none can be read."""
+        errors = []
+        for epoch in reversed(self.epochs()):
+            if at_most is not None and epoch > at_most:
+                continue
+            try:
+                return self.load(epoch)
+            except _UNREADABLE as exc:
+                errors.append(f"{self.path(epoch)}: {exc}")
+                warnings.warn(f"unreadable training state {self.path(epoch)} ({exc}); trying "
+                              "the one before it", RuntimeWarning, stacklevel=2)
+        if errors:
+            raise ValueError("no readable full training state: " + "; ".join(errors))
+        return None
+
+
+def write_resume_note(epoch_dir: Path, epoch: int, state_epoch: Optional[int]) -> None:
+    """`resume.json`: the epoch of this checkpoint and of the newest full state written so
+    far, so a resume from a copy of the folder (Ray downloads it) knows where it stands."""
+    (Path(epoch_dir) / RESUME_FILE).write_text(json.dumps({"epoch": epoch,
+                                                           "state_epoch": state_epoch}))
+
+
+def checkpoint_epoch(checkpoint_dir: Path) -> Optional[int]:
+    """The epoch of a checkpoint folder: its resume.json, else its epoch_XXXX name."""
+    note = Path(checkpoint_dir) / RESUME_FILE
+    if note.is_file():
+        return int(json.loads(note.read_text())["epoch"])
+    m = _EPOCH_DIR.fullmatch(Path(checkpoint_dir).name)
+    return int(m.group(1)) if m else None
+
+
+def resume_state(checkpoint_dir: Path, states: Optional[StateStore] = None
+                 ) -> Optional[dict[str, Any]]:
+    """The full training state to resume the checkpoint folder `checkpoint_dir` from: its own
+    state.pt when it has one, else the newest no later than its epoch in `states` (default:
+    the epoch folders beside it, a standalone run's).  None when there is none: the run then
+    starts over."""
+    checkpoint_dir = Path(checkpoint_dir)
+    epoch = checkpoint_epoch(checkpoint_dir)
+    own = checkpoint_dir / STATE_FILE
+    if own.is_file():
+        try:
+            return _load_state(own, str(own))
+        except _UNREADABLE as exc:
+            warnings.warn(f"unreadable training state {own} ({exc}); trying the one before it",
+                          RuntimeWarning, stacklevel=2)
+            epoch = None if epoch is None else epoch - 1
+    store = states or StateStore(checkpoint_dir.parent)
+    return store.load_newest(at_most=epoch)

@@ -56,6 +56,9 @@ class GANConfig:
     aux_weight: float = 1.0               # AC-GAN: L = L_source + aux_weight * L_class (S0: 1)
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
+    state_every: int = 10                 # full training state (G, D, optimisers: what resume
+                                          # needs) every this many epochs, at the last and at
+                                          # any stop (2 kept); generator.pt every epoch
     grid_per_class: int = 8               # fixed samples per class in grid.png
     guard_d_loss_floor: float = 0.01      # D loss below this (BCE families) ...
     guard_patience: int = 5               # ... for this many epochs with G loss rising -> stop
@@ -142,6 +145,7 @@ def _problems(c: GANConfig) -> list[str]:
         (c.aux_weight >= 0, f"aux_weight={c.aux_weight} must be >= 0"),
         (0 <= c.label_smoothing < 0.5, f"label_smoothing={c.label_smoothing} must be in [0, 0.5)"),
         (c.eval_every >= 1, f"eval_every={c.eval_every} must be >= 1"),
+        (c.state_every >= 1, f"state_every={c.state_every} must be >= 1"),
         (c.grid_per_class >= 2, f"grid_per_class={c.grid_per_class} must be >= 2 (the collapse check needs a spread)"),
         (c.guard_d_loss_floor >= 0, f"guard_d_loss_floor={c.guard_d_loss_floor} must be >= 0"),
         (c.guard_patience >= 2, f"guard_patience={c.guard_patience} must be >= 2 (a rise needs 2 epochs)"),

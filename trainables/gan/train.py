@@ -18,8 +18,8 @@ from trainables.context import RunContext
 from trainables.data import to_tensor
 from trainables.data.augment import PositionalAugment
 from trainables.gan.build import build_models, build_optimizer, build_scheduler, trained_classes
-from trainables.gan.checkpoint import (STATE_FORMAT, atomic_save, load_checkpoint, rng_state,
-                                       save_generator, set_rng_state, STATE_FILE)
+from trainables.gan.checkpoint import (STATE_FORMAT, StateStore, resume_state, rng_state,
+                                       save_generator, set_rng_state, write_resume_note)
 from trainables.gan.config import GANConfig
 from trainables.gan.families import FAMILIES
 from trainables.gan.guard import DivergenceGuard
@@ -150,8 +150,10 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
 
     Each epoch: train, sample the fixed grid, apply the divergence guard, call `evaluate`
     (rank 0, every `eval_every` epochs and at the last), write `epoch_XXXX/{grid.png,
-    state.pt, generator.pt}` (rank 0) and `ctx.report(metrics, epoch_dir)`.  Stops early with
-    `stop_reason` / diverged=1.0 when the guard fires.  Returns the per-epoch reports."""
+    generator.pt, resume.json}` (rank 0) and `ctx.report(metrics, epoch_dir)`.  The full
+    training state goes to `ctx.states` (default: `epoch_XXXX/state.pt`, the newest two kept)
+    every `state_every` epochs, at the last and at a stop.  Stops early with `stop_reason` /
+    diverged=1.0 when the guard fires.  Returns the per-epoch reports."""
     classes = tuple(data.classes)
     _check_data(cfg, data)
     cls_idx = trained_classes(cfg, classes, np.asarray(data.labels))
@@ -164,9 +166,20 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     sched_g, sched_d = build_scheduler(cfg, opt_g), build_scheduler(cfg, opt_d)
     guard = DivergenceGuard.for_config(cfg)
     start_epoch, iteration = 0, 0
-    if ctx.resume_dir is not None:
-        start_epoch, iteration = _resume(ctx.resume_dir, cfg, classes, G, D, opt_g, opt_d,
+    resumed = resume_state(ctx.resume_dir, ctx.resume_states) if ctx.resume_dir else None
+    if resumed is not None:
+        start_epoch, iteration = _resume(resumed, cfg, classes, G, D, opt_g, opt_d,
                                          sched_g, sched_d, guard)
+    elif ctx.resume_dir is not None:
+        warnings.warn(f"{ctx.resume_dir}: no full training state at or before its epoch; "
+                      "training from epoch 0", RuntimeWarning, stacklevel=2)
+    states = ctx.states or StateStore(ctx.run_dir)
+    state_epoch = None
+    if resumed is not None and ctx.is_main:
+        # The run's own store restarts from the state it resumed (PBT may have taken another
+        # trial's): an older state of an abandoned line must never be its fallback.
+        state_epoch = start_epoch - 1
+        states.save(resumed, state_epoch, keep=1)
     # Wrap after loading: DDP broadcasts rank 0's (restored) weights at construction.
     Gw, Dw = ctx.wrap_model(G), ctx.wrap_model(D)
     loader = make_loader(cfg, data, cls_idx, ctx)
@@ -196,6 +209,11 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         m["diverged"] = 1.0 if reason else 0.0
         if reason:
             m["stop_reason"] = reason
+        # Ranking needs the generator of every epoch, resume only the newest full state
+        # (G, D, optimisers: ~3x the generator's bytes): every `state_every` epochs, at the
+        # last and whenever the run stops.
+        full = (epoch + 1) % cfg.state_every == 0 or epoch == cfg.epochs - 1 or bool(reason)
+        full = ctx.about_to_stop() or full  # every rank calls it, every epoch
         epoch_dir = None
         if ctx.is_main:
             epoch_dir = Path(ctx.run_dir) / f"epoch_{epoch:04d}"
@@ -205,15 +223,18 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
             if reason and reason.startswith("non-finite"):
                 epoch_dir = None
             else:
-                state = dict(format=STATE_FORMAT, epoch=epoch, iteration=iteration,
-                             config=cfg.to_dict(), classes=list(classes), class_indices=list(cls_idx),
-                             generator=G.state_dict(), discriminator=D.state_dict(),
-                             opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(),
-                             sched_g=sched_g.state_dict() if sched_g else None,
-                             sched_d=sched_d.state_dict() if sched_d else None,
-                             guard=guard.state_dict(), rng=rng_state(), metrics=dict(m))
-                atomic_save(state, epoch_dir / STATE_FILE)
+                if full:
+                    states.save(dict(
+                        format=STATE_FORMAT, epoch=epoch, iteration=iteration,
+                        config=cfg.to_dict(), classes=list(classes), class_indices=list(cls_idx),
+                        generator=G.state_dict(), discriminator=D.state_dict(),
+                        opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(),
+                        sched_g=sched_g.state_dict() if sched_g else None,
+                        sched_d=sched_d.state_dict() if sched_d else None,
+                        guard=guard.state_dict(), rng=rng_state(), metrics=dict(m)), epoch)
+                    state_epoch = epoch
                 save_generator(epoch_dir, G, cfg, classes, cls_idx)
+                write_resume_note(epoch_dir, epoch, state_epoch)
         ctx.report(m, epoch_dir)
         reports.append(m)
         if reason:
@@ -237,10 +258,9 @@ def _accepts_aux(fn: Callable) -> bool:
         return False
 
 
-def _resume(resume_dir: Path, cfg: GANConfig, classes: tuple[str, ...], G: nn.Module,
+def _resume(ck: dict, cfg: GANConfig, classes: tuple[str, ...], G: nn.Module,
             D: nn.Module, opt_g, opt_d, sched_g, sched_d, guard: DivergenceGuard) -> tuple[int, int]:
-    """Restore everything from resume_dir/state.pt; returns (next epoch, global batch count)."""
-    ck = load_checkpoint(resume_dir)
+    """Restore everything from a full training state; returns (next epoch, global batch count)."""
     _check_resume(ck, cfg, classes)
     G.load_state_dict(ck["generator"])
     D.load_state_dict(ck["discriminator"])
