@@ -51,7 +51,12 @@ def test_each_family_trains_on_real_data_and_writes_its_artefacts(family, covid3
 
     last = tmp_path / "epoch_0001"
     grid = Image.open(last / "grid.png")
-    assert grid.size == (2 + 4 * 34, 2 + 3 * 34)  # 4 per row, one row per class, 2-px padding
+    # 4 per row, one row per class, 2-px padding, scaled x4 (32 px tiles shown at 128 px),
+    # the class names left of the rows and the epoch above them
+    tiles_w, tiles_h = 4 * (2 + 4 * 34), 4 * (2 + 3 * 34)
+    assert grid.size[0] > tiles_w and grid.size[1] > tiles_h
+    margin = np.asarray(grid.convert("L"))[-tiles_h:, :grid.size[0] - tiles_w]
+    assert (margin < 128).any()  # text: the class names
     state = torch.load(last / "state.pt", weights_only=True)
     assert state["epoch"] == 1 and state["config"] == cfg.to_dict()
     assert state["classes"] == list(covid3_32.classes) and state["metrics"]["epoch"] == 1.0

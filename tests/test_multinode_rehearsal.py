@@ -240,7 +240,7 @@ def test_trials_on_a_node_without_the_data_read_the_published_bundle(rehearsal, 
 @requires_unshare
 def test_a_lost_worker_node_resumes_its_trial_on_a_fresh_node(rehearsal, covid3_dir):
     proc = rehearsal.search("rehearsal-fault", covid3_dir, "--num-samples", "1",
-                            "--max-epochs", "4")
+                            "--max-epochs", "4", "--set", "state_every=2")
     uri = f"sqlite:///{rehearsal.tmp}/mlflow.db"
     deadline = time.time() + 600
     first = rehearsal.workers[0]

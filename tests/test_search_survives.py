@@ -63,13 +63,15 @@ def test_disk_is_bounded_over_an_eight_epoch_trial(tmp_path, covid3_dir):
     (+ the latest) per trial; every epoch's metrics and grid stay in MLflow; the ranking only
     selects epochs whose generator was kept."""
     name = "e2e-disk"
+    # a full state every epoch: the bound of 2, not the schedule, must keep the disk small
     _run(tmp_path, name, covid3_dir, "--num-samples", "1", "--max-epochs", "8",
-         "--scheduler", "none", "--keep-epochs", "5")
+         "--scheduler", "none", "--keep-epochs", "5", "--set", "state_every=1")
     trials = [p for p in (tmp_path / "ray_results" / name).iterdir() if p.is_dir()]
     assert len(trials) == 1
-    states = list(trials[0].glob("checkpoint_*/state.pt"))
+    states = list(trials[0].glob("states/epoch_*/state.pt"))
     generators = list(trials[0].glob("checkpoint_*/generator.pt"))
-    assert len(states) <= 2 and len(generators) <= 5 + 1, (states, generators)
+    assert len(states) == 2 and len(generators) <= 5 + 1, (states, generators)
+    assert not list(trials[0].glob("checkpoint_*/state.pt"))  # never in Ray's best-K folders
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
     run = children[0].info.run_id
     assert sorted(m.step for m in client.get_metric_history(run, metric_key("fid"))) == list(range(8))
@@ -101,7 +103,7 @@ def test_sigkill_then_resume_without_a_name(tmp_path, covid3_dir):
     trial run, no RUNNING run left and at most one epoch per trial repeated."""
     name = "acgan-s0-20261125-000000"  # a default-style name: --resume must find it
     extra = ("--num-samples", "3", "--max-epochs", "3", "--scheduler", "none",
-             "--max-concurrent", "2")
+             "--max-concurrent", "2", "--set", "state_every=1")
     storage = tmp_path / "ray_results"
     proc = subprocess.Popen(search_cmd(tmp_path, name, covid3_dir, *extra), cwd=tmp_path,
                             env=env_for(tmp_path), stdout=subprocess.DEVNULL,

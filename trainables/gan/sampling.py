@@ -51,10 +51,47 @@ def grid_labels(class_indices: Sequence[int], per_class: int) -> torch.Tensor:
     return torch.tensor(list(class_indices), dtype=torch.long).repeat_interleave(per_class)
 
 
-def save_grid(images: torch.Tensor, path: Path | str, per_row: int) -> Path:
-    """Write images in [-1, 1] as a PNG grid, `per_row` per row (one row per class)."""
-    from torchvision.utils import save_image  # import here: torchvision is slow to import
+# Tiles are drawn at least this many pixels wide: a 32 px tile shows no lungs on a screen.
+MIN_TILE_PX = 128
 
+
+def save_grid(images: torch.Tensor, path: Path | str, per_row: int,
+              row_names: Sequence[str] | None = None, title: str = "") -> Path:
+    """Write images in [-1, 1] as a PNG grid, `per_row` per row (one row per class), each
+    tile scaled up to about MIN_TILE_PX (nearest neighbour: no invented detail), the class
+    name left of its row and `title` (e.g. "epoch 7") above."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid  # import here: torchvision is slow to import
+
+    side = images.shape[-1]
+    scale = max(1, min(4, -(-MIN_TILE_PX // side)))
+    grid = make_grid((images.detach().cpu().float().clamp(-1, 1) + 1) / 2, nrow=per_row,
+                     padding=2, pad_value=1.0)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    tiles = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
+                                           Image.Resampling.NEAREST)
+    font = _font(max(12, min(24, side * scale // 8)))
+    names = list(row_names or [])
+    left = (max(int(font.getlength(n)) for n in names) + 12) if names else 0
+    top = int(font.size * 1.8) if title else 0
+    canvas = Image.new("RGB", (tiles.width + left, tiles.height + top), "white")
+    canvas.paste(tiles.convert("RGB"), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((left + 4, top // 2), title, fill="black", font=font, anchor="lm")
+    row_h = (side + 2) * scale
+    for i, name in enumerate(names):
+        draw.text((left - 6, top + i * row_h + row_h // 2), name, fill="black", font=font,
+                  anchor="rm")
     path = Path(path)
-    save_image((images.detach().cpu().float().clamp(-1, 1) + 1) / 2, path, nrow=per_row, padding=2)
+    canvas.save(path)
     return path
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType
+    except TypeError:  # an older Pillow: its fixed bitmap font
+        return ImageFont.load_default()

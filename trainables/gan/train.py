@@ -218,7 +218,8 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         if ctx.is_main:
             epoch_dir = Path(ctx.run_dir) / f"epoch_{epoch:04d}"
             epoch_dir.mkdir(parents=True, exist_ok=True)
-            save_grid(samples, epoch_dir / "grid.png", per_row=cfg.grid_per_class)
+            save_grid(samples, epoch_dir / "grid.png", per_row=cfg.grid_per_class,
+                      row_names=[classes[c] for c in cls_idx], title=f"epoch {epoch}")
             # NaN weights are worth nothing as a checkpoint; other stops keep theirs.
             if reason and reason.startswith("non-finite"):
                 epoch_dir = None
