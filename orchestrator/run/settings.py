@@ -35,6 +35,8 @@ def gan_base_config(cfg: SearchConfig) -> dict:
             base["epochs"] = cfg.max_epochs
         if cfg.eval_every:
             base["eval_every"] = cfg.eval_every
+        if cfg.scheduler == "pbt":  # a full state at each exploit point (tuner's interval)
+            base["state_every"] = max(1, int(base.get("epochs", 100)) // 4)
         base.update(parse_overrides(cfg.overrides))
         GANConfig.from_dict(base)
         space = registry.experiment_space(cfg.experiment)
