@@ -240,3 +240,23 @@ def test_mixed_precision_and_channels_last_on_gpu(family, covid3_32, tmp_path):
     G, _, _ = load_generator(tmp_path / "epoch_0001")
     x = sample(G, torch.tensor([0, 1, 2]), cfg.latent_dim, seed=0)
     assert torch.isfinite(x).all() and x.abs().max() <= 1
+
+
+def test_an_image_budget_stops_the_trial_and_sets_the_evaluation_schedule(covid3_32, tmp_path):
+    """Issue 22 item 2: `max_images` ends a trial whatever its epochs (a search then costs the
+    same on any data set size), `images_seen` is reported every epoch, and
+    `eval_every_images` evaluates each time the images seen cross a multiple of it."""
+    cfg = GANConfig(family="acgan", width=0.0625, epochs=50, batch_size=32, max_images=500,
+                    eval_every_images=300, state_every=50)
+    evaluated = []
+
+    def evaluate(G, epoch):
+        evaluated.append(epoch)
+        return {"fid": 1.0}
+
+    reports = train_gan(cfg, covid3_32, standalone_context(tmp_path), evaluate)
+    per_epoch = (251 // 32) * 32  # drop_last: 7 batches of 32
+    assert [r["images_seen"] for r in reports] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert evaluated == [1, 2]  # 448 crosses 300, 672 crosses 600 and is the last
+    assert (tmp_path / "epoch_0002" / "state.pt").is_file()  # the last epoch's full state
+

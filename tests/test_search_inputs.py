@@ -228,3 +228,17 @@ def test_epochs_whose_generator_was_not_kept_or_whose_trial_was_killed_are_not_r
     ranked = ranking.rank(table, "staged")
     status = dict(zip(zip(ranked["trial_id"], ranked["epoch"]), ranked["status"]))
     assert status == {("a", 1): "ranked", ("a", 0): "not_kept", ("b", 0): "killed"}
+
+
+def test_asha_counts_images_under_an_image_budget():
+    """Issue 22 item 2: with `max_images`, ASHA's rungs are image counts (a share of the
+    budget), otherwise epochs."""
+    from types import SimpleNamespace
+
+    from orchestrator.run.tuner import scheduler
+
+    cfg = SimpleNamespace(scheduler="asha", asha_grace=0.25)
+    by_images = scheduler(cfg, "best_fid", "min", 10, None, max_images=100_000)
+    assert (by_images._time_attr, by_images._max_t) == ("images_seen", 100_000)
+    assert [rung for rung, _ in by_images._brackets[0]._rungs] == [100_000, 50_000, 25_000]
+    assert scheduler(cfg, "best_fid", "min", 10, None)._time_attr == "training_iteration"

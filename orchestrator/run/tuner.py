@@ -52,7 +52,8 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
         max_concurrent_trials=settings.placement.max_concurrent,
         search_alg=search_alg,
         scheduler=scheduler(cfg, metric, mode, settings.epochs, space_module,
-                            own_metric=len(objectives) > 1),
+                            own_metric=len(objectives) > 1,
+                            max_images=int(settings.base.get("max_images") or 0)),
         # Multi-objective Optuna gets metric/mode itself; Tune then must not (the scheduler
         # gets the first objective instead).
         **({"metric": metric, "mode": mode} if len(objectives) == 1 else {}),
@@ -106,9 +107,15 @@ def pbt_mutations(space_module) -> dict:
 
 
 def scheduler(cfg: SearchConfig, metric: str, mode: str, epochs: int, space_module,
-              own_metric: bool = False):
+              own_metric: bool = False, max_images: int = 0):
+    """ASHA's rungs count epochs, or training images under an image budget (`max_images`:
+    then a search decides at the same points whatever the data set's size)."""
     if cfg.scheduler == "asha":
         extra = {"metric": metric, "mode": mode} if own_metric else {}
+        if max_images > 0:
+            return ASHAScheduler(time_attr="images_seen", max_t=max_images,
+                                 grace_period=asha_grace_period(cfg, max_images),
+                                 reduction_factor=2, **extra)
         return ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
                              grace_period=asha_grace_period(cfg, epochs), reduction_factor=2,
                              **extra)
@@ -120,8 +127,8 @@ def scheduler(cfg: SearchConfig, metric: str, mode: str, epochs: int, space_modu
 
 
 def asha_grace_period(cfg: SearchConfig, epochs: int) -> int:
-    """Epochs before ASHA may stop a trial: a share of the budget (a GAN's first epochs say
-    little about its last), at least one."""
+    """Epochs (or images) before ASHA may stop a trial: a share of the budget (a GAN's first
+    epochs say little about its last), at least one."""
     return max(1, min(epochs, round(cfg.asha_grace * epochs)))
 
 

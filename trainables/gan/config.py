@@ -56,6 +56,8 @@ class GANConfig:
     aux_weight: float = 1.0               # AC-GAN: L = L_source + aux_weight * L_class (S0: 1)
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
+    eval_every_images: int = 0            # or each time this many more images were seen (0: off)
+    max_images: int = 0                   # stop after this many training images (0: epochs decide)
     state_every: int = 10                 # full training state (G, D, optimisers: what resume
                                           # needs) every this many epochs, at the last and at
                                           # any stop (2 kept); generator.pt every epoch
@@ -145,6 +147,8 @@ def _problems(c: GANConfig) -> list[str]:
         (c.aux_weight >= 0, f"aux_weight={c.aux_weight} must be >= 0"),
         (0 <= c.label_smoothing < 0.5, f"label_smoothing={c.label_smoothing} must be in [0, 0.5)"),
         (c.eval_every >= 1, f"eval_every={c.eval_every} must be >= 1"),
+        (c.eval_every_images >= 0, f"eval_every_images={c.eval_every_images} must be >= 0"),
+        (c.max_images >= 0, f"max_images={c.max_images} must be >= 0 (0: no image budget)"),
         (c.state_every >= 1, f"state_every={c.state_every} must be >= 1"),
         (c.grid_per_class >= 2, f"grid_per_class={c.grid_per_class} must be >= 2 (the collapse check needs a spread)"),
         (c.guard_d_loss_floor >= 0, f"guard_d_loss_floor={c.guard_d_loss_floor} must be >= 0"),

@@ -193,14 +193,21 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         lrs = {"lr_g": opt_g.param_groups[0]["lr"], "lr_d": opt_d.param_groups[0]["lr"]}
         batches = itertools.islice(_to_device(loader, dev), cfg.steps_per_epoch)
         m = train_epoch(Gw, Dw, opt_g, opt_d, batches, cfg, iteration, augment)
-        iteration += int(m.pop("batches"))
+        n_batches = int(m.pop("batches"))
+        iteration += n_batches
         m = _mean_across_ranks(m, ctx)
-        m = {"epoch": float(epoch), **m, **lrs, "world_size": float(ctx.world_size)}
+        seen = images_seen(iteration, cfg, ctx.world_size)
+        m = {"epoch": float(epoch), **m, **lrs, "world_size": float(ctx.world_size),
+             "images_seen": float(seen)}
+        # The budget is epochs or images, whichever ends first (--max-images: a search costs
+        # the same on 1k and 30k training images).
+        last = epoch == cfg.epochs - 1 or (cfg.max_images > 0 and seen >= cfg.max_images)
         _step_schedulers(sched_g, sched_d)
         samples = sample(G, fixed_labels, cfg.latent_dim, seed=cfg.seed, dist=cfg.latent_dist)
         reason = guard.update(m, samples, fixed_labels)
         if reason is None and evaluate is not None and ctx.is_main and (
-                (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
+                eval_due(cfg, epoch, seen, images_seen(iteration - n_batches, cfg, ctx.world_size))
+                or last):
             G.eval(); D.eval()
             m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch, cfg).items()})
             G.train(); D.train()
@@ -212,7 +219,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         # Ranking needs the generator of every epoch, resume only the newest full state
         # (G, D, optimisers: ~3x the generator's bytes): every `state_every` epochs, at the
         # last and whenever the run stops.
-        full = (epoch + 1) % cfg.state_every == 0 or epoch == cfg.epochs - 1 or bool(reason)
+        full = (epoch + 1) % cfg.state_every == 0 or last or bool(reason)
         full = ctx.about_to_stop() or full  # every rank calls it, every epoch
         epoch_dir = None
         if ctx.is_main:
@@ -238,9 +245,22 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
                 write_resume_note(epoch_dir, epoch, state_epoch)
         ctx.report(m, epoch_dir)
         reports.append(m)
-        if reason:
+        if reason or last:
             break
     return reports
+
+
+def images_seen(iteration: int, cfg: GANConfig, world_size: int) -> int:
+    """Real training images drawn so far: batches per process x batch size x processes."""
+    return int(iteration) * cfg.batch_size * int(world_size)
+
+
+def eval_due(cfg: GANConfig, epoch: int, seen: int, seen_before: int) -> bool:
+    """Evaluate every `eval_every` epochs, or, with `eval_every_images`, each time the
+    images seen cross a multiple of it (a schedule that does not depend on the data's size)."""
+    if cfg.eval_every_images > 0:
+        return seen // cfg.eval_every_images > seen_before // cfg.eval_every_images
+    return (epoch + 1) % cfg.eval_every == 0
 
 
 def _evaluate(evaluate: Evaluate, G: nn.Module, D: nn.Module, epoch: int,
