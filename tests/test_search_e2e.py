@@ -124,6 +124,10 @@ def test_smoke_search_end_to_end(smoke_store):
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{smoke_store.root}/"
                                                       f"ray_results/{name}-optuna.db")
     assert len(study.trials) == len(children)
+    # optuna-dashboard names the objective and links each trial to its Tune/MLflow id
+    assert study.metric_names == ["best_fid"]
+    assert {t.user_attrs.get("tune_trial_id") for t in study.trials} == {
+        c.data.tags["cxr.trial_id"] for c in children}
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in report
     protocol = client.get_run(children[0].info.run_id).data.params

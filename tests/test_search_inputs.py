@@ -112,6 +112,10 @@ def test_optuna_is_told_the_best_epoch_or_pruned_never_a_made_up_value():
     alg.on_trial_complete("errored", {"best_fid": math.nan}, error=True)
     states = [(t.state.name, t.value) for t in alg._ot_study.trials]
     assert states == [("PRUNED", None), ("COMPLETE", 2.5), ("FAIL", None)]
+    # issue 24: the dashboard names the objective and shows each trial's Tune id
+    assert alg._ot_study.metric_names == ["best_fid"]
+    assert [t.user_attrs["tune_trial_id"] for t in alg._ot_study.trials] == [
+        "diverged", "fine", "errored"]
 
 
 def test_a_partial_multi_objective_point_is_pruned():

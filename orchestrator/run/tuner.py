@@ -153,12 +153,26 @@ class BestEpochOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        self._label(trial_id)
         if result:
             names = self.metric if isinstance(self.metric, list) else [self.metric]
             values = [_nan_to_none(result.get(name)) for name in names]
             if any(v is None for v in values):  # a partial point is not a result either
                 result = None
         super().on_trial_complete(trial_id, result, error)
+
+    def _label(self, trial_id: str) -> None:
+        """optuna-dashboard shows the objectives by name and each trial's Tune id (the id in
+        the console, MLflow's `cxr.trial_id` tag and the ranking), so its trial numbers can
+        be matched with the product's; set while the trial is still running (Optuna freezes
+        a finished trial)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        names = self.metric if isinstance(self.metric, list) else [self.metric]
+        if self._ot_study.metric_names is None:
+            self._ot_study.set_metric_names([str(n) for n in names])
+        ot_trial.set_user_attr("tune_trial_id", trial_id)
 
 
 class InterruptWatch(Callback):
