@@ -155,8 +155,17 @@ def trial_table(table, endings: dict, objective: tuple[str, str]) -> list[dict]:
         rows.append({"trial": str(trial), "status": status, "epochs": int(epochs["epoch"].max()) + 1,
                      "best_epoch": None if top is None else int(top["epoch"]),
                      name: None if top is None else float(top[name]),
-                     "reason": reason or ("" if top is not None else "no selectable epoch")})
+                     "reason": reason or ("" if top is not None else _unselectable(epochs))})
     return rows
+
+
+def _unselectable(epochs) -> str:
+    """Why none of a trial's epochs may be selected: its commonest status and reason."""
+    if "status" not in epochs or epochs["status"].isna().all():
+        return "no selectable epoch"
+    status = epochs["status"].mode().iloc[0]
+    why = epochs.loc[epochs["status"] == status, "reason"].dropna() if "reason" in epochs else []
+    return f"no selectable epoch: {status}" + (f" ({why.iloc[0]})" if len(why) else "")
 
 
 def next_commands(cfg) -> list[str]:
