@@ -17,7 +17,9 @@ from trainables.metrics.registry import METRICS
 from trainables.trial import TrialSettings, load_selection
 
 
-# The champion's model version carries these figures of its epoch as tags (issue 23).
+# The champion's model version carries its epoch's main figures as tags (issue 24) ...
+VERSION_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "diversity_ratio")
+# ... and its memorisation figures (issue 23).
 MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "memorised_share_inception",
                      "nn_train_distance_inception", "precision", "recall", "density", "coverage")
 
@@ -255,9 +257,11 @@ def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: s
     registered = None
     if checkpoint and cfg.experiment != "classifier":
         # the version carries its copy audit: a user of the generator sees it at once
-        audit = {k: f"{metrics[k]:.4g}" for k in MEMORISATION_TAGS
+        audit = {k: f"{metrics[k]:.4g}" for k in MEMORISATION_TAGS + VERSION_METRICS
                  if isinstance(metrics.get(k), (int, float)) and metrics[k] == metrics[k]}
-        registered = register_generator(cfg, run.info.run_id, checkpoint, epoch, audit)
+        registered = register_generator(cfg, run.info.run_id, checkpoint, epoch, audit,
+                                        description=_version_note(run, epoch, metrics,
+                                                                  best.get("reason")))
         if settings is not None:
             _log_champion_views(settings, client, parent_run_id, run.info.run_id, checkpoint,
                                 f"trial {trial_id}, epoch {epoch}")
@@ -309,6 +313,18 @@ def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):
     experiment = client.get_experiment_by_name(search_name)
     runs = trial_runs(client, experiment.experiment_id, parent_run_id, trial_id, 1)
     return runs[0] if runs else None
+
+
+def _version_note(run, epoch: int, metrics: dict, reason) -> str:
+    """The champion version's description: its epoch's numbers on the version page itself
+    (MLflow shows the logged model's metrics one click further) and a link to its grid."""
+    exp = run.info.experiment_id
+    shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in METRICS if k in metrics)
+    return "\n".join(line for line in [
+        f"Epoch {epoch} of trial run {run.info.run_name} "
+        f"([run]({ui_link(exp, run.info.run_id)}), "
+        f"[sample grid of epoch {epoch}]({ui_link(exp, run.info.run_id, grid_artifact(epoch))}))",
+        f"- why selected: {reason}" if reason else "", f"- metrics: {shown}"] if line)
 
 
 def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:

@@ -90,6 +90,9 @@ def test_smoke_search_end_to_end(smoke_store):
     assert table["memorised_share"].notna().all() and champion["memorised_share"] <= 0.05
     assert float(version.tags["memorised_share"]) == pytest.approx(champion["memorised_share"],
                                                                    abs=1e-3)
+    # ... and its epoch's numbers and grid on the version page itself (issue 24)
+    assert float(version.tags["fid"]) == pytest.approx(champion["fid"], rel=1e-3)
+    assert f"grids/epoch_{best_epoch:04d}.png" in version.description
     # MLflow as its users expect it (issue 14): grids as an image series with epochs as
     # steps, the source commit, the search's summary metrics, links in the description
     best_run = client.get_run(parent.data.tags["cxr.best_run_id"])

@@ -28,7 +28,8 @@ def registered_model_name(experiment: str) -> str:
 
 
 def register_generator(cfg, run_id: str, checkpoint: str, epoch: int,
-                       tags: Optional[dict[str, str]] = None) -> Optional[dict]:
+                       tags: Optional[dict[str, str]] = None,
+                       description: str = "") -> Optional[dict]:
     """Log the best epoch's generator and register it as `cxr-<family>-generator`, alias
     `champion`; returns {"name", "version", "alias"} (None without a generator.pt).
     ``tags`` (e.g. the epoch's memorisation figures) are set on the version too.
@@ -67,6 +68,8 @@ def register_generator(cfg, run_id: str, checkpoint: str, epoch: int,
                        "source_run_id": run_id, **_data_tags(client, run_id),
                        **(tags or {})}.items():
         client.set_model_version_tag(name, version, key, value)
+    if description:
+        client.update_model_version(name, version, description=description)
     return {"name": name, "version": str(version), "alias": CHAMPION}
 
 
