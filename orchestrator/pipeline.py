@@ -17,7 +17,7 @@ from orchestrator.finalize import finalize_search
 from orchestrator.run import cluster, lock, preflight
 from orchestrator.run.settings import trial_settings
 from orchestrator.run.tuner import build_tuner, watching_interrupts
-from orchestrator.store import layout, writer
+from orchestrator.store import layout, retry, writer
 from trainables.trial import TrialSettings
 
 
@@ -47,22 +47,49 @@ def _run_locked(cfg: SearchConfig, storage: str):
     cluster.check_shared_storage(storage, ray.nodes())
     placement = cluster.place(cfg, ray.cluster_resources(), wait=cluster.wait_for_gpus)
     settings = preflight.publish_data(dataclasses.replace(settings, placement=placement), storage)
-    client = MlflowClient(cfg.mlflow_uri)
+    # Every call rides out a short outage of the tracking server (`orchestrator.store.retry`).
+    client = retry.RetryingClient(MlflowClient(cfg.mlflow_uri))
     params = _parent_params(cfg, settings)
-    if cfg.resume:
-        _check_resume_matches(client, cfg, params, settings.data_fingerprint)
-    parent = writer.start_parent_run(client, cfg.name, params, {
-        "cxr.experiment": cfg.experiment, "cxr.preset": cfg.preset,
-        "cxr.data_fingerprint": settings.data_fingerprint,
-        **layout.source_tags("orchestrator.search")})
+    try:
+        if cfg.resume:
+            _check_resume_matches(client, cfg, params, settings.data_fingerprint)
+        parent = writer.start_parent_run(client, cfg.name, params, {
+            "cxr.experiment": cfg.experiment, "cxr.preset": cfg.preset,
+            "cxr.data_fingerprint": settings.data_fingerprint,
+            **layout.source_tags("orchestrator.search")})
+    except retry.MlflowOutage as outage:
+        raise ConfigError(f"{outage}. Search {cfg.name!r} did not start; run the command "
+                          "again when the server answers") from None
     try:
         return _search(cfg, settings, storage, client, parent)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(_end_interrupted(cfg, client, parent)) from None
-    except BaseException as exc:
-        client.set_tag(parent, "cxr.error", layout.short(f"{type(exc).__name__}: {exc}"))
-        client.set_terminated(parent, "FAILED" if isinstance(exc, Exception) else "KILLED")
+    except Exception as exc:
+        outage = retry.outage_in(exc, cfg.mlflow_uri)
+        if outage is not None:  # one line, not the chain of MLflow's and Tune's tracebacks
+            raise ConfigError(_end_outage(cfg, client, parent, outage)) from None
+        _record_failure(client, parent, exc, "FAILED")
         raise
+    except BaseException as exc:
+        _record_failure(client, parent, exc, "KILLED")
+        raise
+
+
+# How long the clean-up after a failure waits for the tracking server (the search is over).
+CLEANUP_WAIT_S = 10.0
+
+
+def _record_failure(client, parent: str, exc: BaseException, status: str) -> None:
+    """The search run ends `status` with the error; if MLflow cannot take that, a warning
+    line, never a second traceback on top of the first."""
+    try:
+        quick = client.within(CLEANUP_WAIT_S)
+        quick.set_tag(parent, "cxr.error", layout.short(f"{type(exc).__name__}: {exc}"))
+        quick.set_terminated(parent, status)
+    except Exception as err:
+        print(f"warning: MLflow could not record the failure ({type(err).__name__}: "
+              f"{str(err).splitlines()[0][:200] if str(err) else ''}); run {parent} stays "
+              "RUNNING there until --resume", file=sys.stderr)
 
 
 def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, parent: str):
@@ -82,6 +109,7 @@ def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, pa
         results = tuner.fit()
     if interrupted.is_set():
         raise KeyboardInterrupt  # Tune caught the Ctrl-C and saved its state: end KILLED
+    client.search_experiments(max_results=1)  # the server answers before the ranking starts
     return finalize_search(cfg, settings, results, client, parent)
 
 
@@ -89,9 +117,35 @@ def _end_interrupted(cfg: SearchConfig, client, parent: str) -> str:
     """Record a Ctrl-C (trial runs and the search run KILLED, with the reason) and return
     the message that says how to resume."""
     command = resume_command(cfg)
-    stopped = writer.end_interrupted(client, cfg.name, parent, command)
+    try:
+        stopped = writer.end_interrupted(client.within(CLEANUP_WAIT_S), cfg.name, parent, command)
+    except Exception:  # the tracking server is away: Ctrl-C must not wait for it
+        return (f"search {cfg.name!r} {writer.INTERRUPTED}; MLflow at {cfg.mlflow_uri} did not "
+                f"answer, so its runs stay RUNNING until the search is resumed with:\n  {command}")
     return (f"search {cfg.name!r} {writer.INTERRUPTED}; {len(stopped)} running trial(s) "
             f"stopped and recorded as KILLED. Resume it with:\n  {command}")
+
+
+def _end_outage(cfg: SearchConfig, client, parent: str, outage: retry.MlflowOutage) -> str:
+    """The one line of a search that gave up on its tracking server: what was unreachable,
+    for how long, how to continue.  If the server is back, the records that waited are
+    written and the runs closed (trials KILLED, the search FAILED; --resume reopens them);
+    if not, the runs left RUNNING are named (--resume closes them)."""
+    command = resume_command(cfg)
+    quick = client.within(CLEANUP_WAIT_S)
+    try:
+        quick.search_experiments(max_results=1)
+        if outage.writer is not None:
+            outage.writer.write_pending(CLEANUP_WAIT_S)
+        stopped = writer.end_interrupted(quick, cfg.name, parent, command, reason=str(outage),
+                                         status="FAILED")
+    except Exception:
+        runs = ", ".join([f"{parent} (search)", *(f"{run} (trial {trial})" for trial, run
+                                                  in sorted(outage.open_runs.items()))])
+        return (f"{outage}. Search {cfg.name!r} stopped; MLflow is still away, so run(s) "
+                f"{runs} stay RUNNING there. `{command}` continues the search and closes them")
+    return (f"{outage}. Search {cfg.name!r} stopped: its MLflow run FAILED, {len(stopped)} "
+            f"running trial run(s) KILLED. `{command}` continues it")
 
 
 def resume_command(cfg: SearchConfig) -> str:
@@ -115,6 +169,7 @@ def resume_command(cfg: SearchConfig) -> str:
 
 def prepare_tracking(uri: str) -> None:
     try:
+        retry.outage_limit()  # a bad $CXR_MLFLOW_OUTAGE_S fails here, not mid-search
         layout.prepare_tracking_uri(uri)
     except (layout.MlflowUnreachable, ValueError) as exc:
         raise ConfigError(str(exc)) from exc

@@ -107,7 +107,10 @@ def prepare_tracking_uri(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
-        # Fail in seconds, not after MLflow's default minutes of retries.
+        # Fail in seconds, not after MLflow's default minutes of retries: a server that
+        # never started is reported at once.  A running search rides out a server that goes
+        # away for a while with its own bounded retries (`orchestrator.store.retry`,
+        # $CXR_MLFLOW_OUTAGE_S), which need each request to fail fast too.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     elif "://" not in uri:

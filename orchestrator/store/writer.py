@@ -1,10 +1,13 @@
 """Writing a search (parent run + a Tune callback for the trials) and a classifier study.
 
 Everything is logged from the driver (Ray's head), because on a cluster the tracking server
-listens on the head's 127.0.0.1 only.
+listens on the head's 127.0.0.1 only.  A trial's records go through a `retry.WriteQueue`: when
+the server is away they wait, in order, and Tune's loop goes on (`orchestrator.store.retry`).
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import tempfile
 import time
@@ -21,6 +24,7 @@ from orchestrator.store.layout import (CONSTANT_PARAMS, LAST_EPOCH, PARENT, ROLE
                                        grid_artifact, log_params, metric_key, numeric,
                                        read_checkpoint_file, remove_checkpoint_file, short,
                                        source_tags, trial_runs)
+from orchestrator.store.retry import MlflowOutage, Outage, RetryingClient, WriteQueue
 
 # The image key of the per-epoch sample grids (MLflow's image slider, one step per epoch).
 GRID_IMAGE_KEY = "grid"
@@ -55,43 +59,68 @@ INTERRUPTED = "interrupted by the user"
 STOP_REASON = "cxr.stop_reason"
 RESUME_COMMAND = "cxr.resume_command"
 _TRIAL_INTERRUPTED = f"{INTERRUPTED} (Ctrl-C); --resume continues this trial"
+# ... and by a tracking server that stayed away (`retry.MlflowOutage`).
+_TRIAL_OUTAGE = "the MLflow tracking server was unreachable; --resume continues this trial"
+_REOPENED = (_TRIAL_INTERRUPTED, _TRIAL_OUTAGE)
 
 
-def end_interrupted(client, search_name: str, parent_run_id: str,
-                    resume_command: str) -> list[str]:
-    """A Ctrl-C: trial runs still RUNNING (Tune stopped their trials without a callback) and
-    the search run end KILLED with the reason; the search run keeps the command that resumes
-    it.  Returns the stopped trials' ids."""
+def end_interrupted(client, search_name: str, parent_run_id: str, resume_command: str,
+                    reason: str = INTERRUPTED, status: str = "KILLED") -> list[str]:
+    """A search that stopped half-way (Ctrl-C; an MLflow outage: `reason`, the search run
+    `status` FAILED): trial runs still RUNNING (Tune stopped their trials without a callback)
+    end KILLED and the search run `status`, with the reason; the search run keeps the command
+    that resumes it.  Returns the stopped trials' ids."""
+    trial_reason = _TRIAL_INTERRUPTED if reason == INTERRUPTED else _TRIAL_OUTAGE
     stopped = []
     for run in trial_runs(client, experiment_id(client, search_name), parent_run_id):
         if run.info.status == "RUNNING":
             client.set_tag(run.info.run_id, STATUS, "killed")
-            client.set_tag(run.info.run_id, "stop_reason", _TRIAL_INTERRUPTED)
+            client.set_tag(run.info.run_id, "stop_reason", trial_reason)
             client.set_terminated(run.info.run_id, "KILLED")
             stopped.append(run.data.tags.get(TRIAL_ID, run.info.run_id))
-    client.set_tag(parent_run_id, STOP_REASON, INTERRUPTED)
+    client.set_tag(parent_run_id, STOP_REASON, short(reason))
     client.set_tag(parent_run_id, RESUME_COMMAND, short(resume_command))
-    client.set_terminated(parent_run_id, "KILLED")
+    client.set_terminated(parent_run_id, status)
     return stopped
 
 
 def reopen_interrupted(client, search_name: str, parent_run_id: str) -> None:
-    """--resume: the search run and the trial runs a Ctrl-C ended are RUNNING again (Tune
-    continues their trials), without the interrupt's tags."""
+    """--resume: the search run and the trial runs a Ctrl-C or an outage ended are RUNNING
+    again (Tune continues their trials), without the stop's tags."""
     client.update_run(parent_run_id, status="RUNNING")
     tags = client.get_run(parent_run_id).data.tags
     for key in (STOP_REASON, RESUME_COMMAND):
         if key in tags:
             client.delete_tag(parent_run_id, key)
     for run in trial_runs(client, experiment_id(client, search_name), parent_run_id):
-        if run.data.tags.get("stop_reason") == _TRIAL_INTERRUPTED:
+        if run.data.tags.get("stop_reason") in _REOPENED:
             client.update_run(run.info.run_id, status="RUNNING")
             client.delete_tag(run.info.run_id, "stop_reason")
             client.delete_tag(run.info.run_id, STATUS)
 
 
+def _naming_open_runs(hook):
+    """A Tune hook that, when the server stayed away too long, says which runs it left open."""
+    @functools.wraps(hook)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return hook(self, *args, **kwargs)
+        except MlflowOutage as exc:
+            exc.open_runs = {**self.open_runs(), **exc.open_runs}
+            exc.writer = self
+            raise
+    return wrapped
+
+
 class MlflowSearchCallback(Callback):
-    """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths."""
+    """Driver-side Tune callback: child runs, per-epoch metrics, grids, checkpoint paths.
+
+    Reads and run creation wait for the server (bounded, `RetryingClient`); writes go through
+    a `WriteQueue`, so an outage holds neither Tune nor the trials: the records wait in order,
+    are written when the server answers again (tried at every Tune step after the back-off),
+    and are saved with Tune's experiment state (`get_state`), so --resume writes what a
+    search that gave up could not.  An outage longer than the bound ends the search with
+    `MlflowOutage`, raised at the end of a Tune step, just after that state was saved."""
 
     def __init__(self, tracking_uri: str, search_name: str, parent_run_id: str,
                  epochs: int | None = None, dataset: tuple[str, str] | None = None):
@@ -103,24 +132,67 @@ class MlflowSearchCallback(Callback):
         self._diverged: set[str] = set()
         self._stripped: set[tuple[str, int]] = set()
         self._client = None
+        self._queue = None
+        self._restored: list[tuple] = []  # pending writes from Tune's saved state
+        self._closed: set[str] = set()  # runs whose end was written
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self.checkpoints: dict[tuple[str, int], str] = {}
         self._protocols: dict[str, str] = {}
         self._params: dict[str, set[str]] = {}  # per run: the param keys already logged
 
-    # Tune pickles callbacks into its experiment state: keep the client out of it.
+    # Tune pickles callbacks into its experiment state: keep the client out of it (the
+    # pending writes travel through get_state).
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_queue"] = None
+        state["_restored"] = []
         return state
 
+    def __setstate__(self, state):  # a tuner.pkl written before the queue existed
+        self.__dict__.update({"_queue": None, "_restored": [], "_closed": set(), **state})
+
+    def get_state(self) -> dict:
+        """Saved by Tune at every step: the writes still waiting for the server."""
+        return {"pending": list(self._queue.pending if self._queue else self._restored)}
+
+    def set_state(self, state: dict) -> None:
+        # A restored write may have been applied after Tune saved it (the server came back
+        # before the search gave up): images, which MLflow names anew each time, are checked.
+        self._restored = [op[:5] + (True,) if op[0] == "image" else op
+                          for op in state.get("pending") or []]
+        self._queue = None
+
     @property
-    def client(self):
+    def client(self) -> RetryingClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = RetryingClient(MlflowClient(self.tracking_uri))
         return self._client
 
+    @property
+    def queue(self) -> WriteQueue:
+        if self._queue is None:
+            self._queue = WriteQueue(self._apply, self.client.outage, self._restored)
+            self._restored = []
+        return self._queue
+
+    def write_pending(self, seconds: float) -> bool:
+        """Try, for up to `seconds`, to write what waits (a search that gave up, ending);
+        True when nothing waits any more."""
+        queue = WriteQueue(self._apply, Outage(self.tracking_uri, seconds, quiet=True),
+                           self.queue.pending)
+        try:
+            queue.drain()
+        except Exception:  # still away, or a write it refuses: --resume writes them
+            return False
+        return True
+
+    def open_runs(self) -> dict[str, str]:
+        """trial id -> run id of the trial runs this callback has not ended (yet)."""
+        return {t: r for t, r in self._runs.items() if r not in self._closed}
+
+    @_naming_open_runs
     def run_for(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
@@ -128,19 +200,85 @@ class MlflowSearchCallback(Callback):
         found = trial_runs(self.client, experiment, self.parent_run_id, trial.trial_id, 1)
         if found:  # a resumed search: continue the trial's run, never duplicate it
             run_id = found[0].info.run_id
-            self._last_step[run_id] = int(found[0].data.tags.get(LAST_EPOCH, -1))
+            self._last_step[run_id] = max(int(found[0].data.tags.get(LAST_EPOCH, -1)),
+                                          self._pending_epoch(run_id))
         else:
             run = self.client.create_run(
                 experiment, run_name=f"trial-{trial.trial_id}",
                 tags={ROLE: "trial", TRIAL_ID: trial.trial_id, PARENT: self.parent_run_id,
                       **source_tags("orchestrator.search")})
             run_id = run.info.run_id
-            log_params(self.client, run_id, flatten("", trial.config))
+            params = flatten("", trial.config)
+            log_params(self.client, run_id, params)
+            self._params[run_id] = set(params)  # no read for them later
             if self.dataset:
                 self.client.log_inputs(run_id, datasets=[dataset_input(*self.dataset)])
             self._last_step[run_id] = -1
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def _pending_epoch(self, run_id: str) -> int:
+        """The last epoch of `run_id` whose records still wait for the server (-1: none)."""
+        pending = self._queue.pending if self._queue else self._restored
+        return max((int(tag.value) for op in pending if op[0] == "batch" and op[1] == run_id
+                    for tag in op[4] if tag.key == LAST_EPOCH), default=-1)
+
+    # Writes: one op per MLflow call, applied in order by the queue (see `_apply`).
+    def _write(self, *op) -> None:
+        self.queue.put(op)
+
+    def _apply(self, op: tuple, retrying: bool) -> None:
+        """One write.  `retrying`: it failed before, and may have been half applied."""
+        kind, run_id, *args = op
+        client = self.client.raw
+        if kind == "batch":
+            metrics, params, tags = args
+            client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        elif kind == "tag":
+            client.set_tag(run_id, *args)
+        elif kind == "end":
+            client.set_terminated(run_id, *args)
+            self._closed.add(run_id)
+        elif kind == "text":
+            client.log_text(run_id, *args)
+        elif kind == "params":
+            log_params(client, run_id, args[0])
+        elif kind == "file":
+            folder, name, data = args
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / name).write_bytes(data)
+                client.log_artifact(run_id, str(Path(tmp) / name), artifact_path=folder)
+        elif kind == "image":
+            key, step, data, maybe_done = args
+            if (retrying or maybe_done) and _image_logged(client, run_id, key, step):
+                return  # the failed try had written it: MLflow names each image anew
+            with Image.open(io.BytesIO(data)) as image:
+                client.log_image(run_id, image.convert("RGB"), key=key, step=step)
+        else:
+            raise ValueError(f"unknown MLflow write {kind!r}")
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._flush()
+
+    @_naming_open_runs
+    def on_step_end(self, iteration, trials, **info):
+        # After Tune saved its state (with the pending writes): the place to give up.
+        self._flush()
+        self.queue.check()
+
+    @_naming_open_runs
+    def on_experiment_end(self, trials, **info):
+        if all(t.status in ("TERMINATED", "ERROR") for t in trials):
+            self.queue.drain()  # the search is done: write everything, or give up
+        else:  # Ctrl-C or an error is ending it: one try, never a new error on top
+            try:
+                self._flush()
+            except Exception:
+                pass
+
+    def _flush(self) -> None:
+        if self._queue is not None or self._restored:
+            self.queue.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
@@ -151,7 +289,7 @@ class MlflowSearchCallback(Callback):
         if isinstance(result.get("resumed_from"), str):
             # PBT exploit: from here on this trial continues another trial's weights;
             # epochs it had already logged are superseded, not replays.
-            self.client.set_tag(run_id, epoch_tag("lineage", epoch), result["resumed_from"])
+            self._write("tag", run_id, epoch_tag("lineage", epoch), result["resumed_from"])
             self._last_step[run_id] = min(self._last_step.get(run_id, -1), epoch - 1)
             for key in [k for k in self.checkpoints if k[0] == trial.trial_id and k[1] >= epoch]:
                 del self.checkpoints[key]
@@ -160,10 +298,10 @@ class MlflowSearchCallback(Callback):
         self._last_step[run_id] = epoch
         self._log_metrics(run_id, result, epoch)
         if isinstance(result.get("stop_reason"), str) and result["stop_reason"]:
-            self.client.set_tag(run_id, "stop_reason", result["stop_reason"])
+            self._write("tag", run_id, "stop_reason", result["stop_reason"])
         if result.get("diverged") == 1.0:
             self._diverged.add(trial.trial_id)
-            self.client.set_tag(run_id, STATUS, "diverged")
+            self._write("tag", run_id, STATUS, "diverged")
         if isinstance(result.get("eval_protocol"), str):
             self._log_protocol(run_id, result["eval_protocol"])
         if result.get("checkpoint_path"):  # Ray Train path: the checkpoint is in Train storage
@@ -177,8 +315,8 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
-        self.client.set_tag(run_id, STATUS, self._ending(trial))
-        self.client.set_terminated(run_id, "FINISHED")
+        self._write("tag", run_id, STATUS, self._ending(trial))
+        self._write("end", run_id, "FINISHED")
 
     def _ending(self, trial) -> str:
         if trial.trial_id in self._diverged or (trial.last_result or {}).get("diverged") == 1.0:
@@ -190,20 +328,21 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
-        self.client.set_tag(run_id, "error", short(getattr(trial, "error_file", "") or "failed"))
-        self.client.set_tag(run_id, STATUS, "failed")
-        self.client.set_terminated(run_id, "FAILED")
+        self._write("tag", run_id, "error", short(getattr(trial, "error_file", "") or "failed"))
+        self._write("tag", run_id, STATUS, "failed")
+        self._write("end", run_id, "FAILED")
 
     def _log_protocol(self, run_id: str, text: str) -> None:
         """The evaluation protocol, once per trial: params `fid_protocol.*` + a JSON file."""
         if self._protocols.get(run_id) == text:
             return
         self._protocols[run_id] = text
-        self.client.log_text(run_id, text, "eval_protocol.json")
+        self._write("text", run_id, text, "eval_protocol.json")
         existing = self._logged_params(run_id)
         fresh = {k: v for k, v in flatten("fid_protocol", json.loads(text)).items()
                  if k not in existing}  # params are immutable; the first protocol stands
-        log_params(self.client, run_id, fresh)
+        if fresh:
+            self._write("params", run_id, fresh)
         existing.update(fresh)
 
     def _log_metrics(self, run_id: str, result: dict, epoch: int) -> None:
@@ -217,9 +356,9 @@ class MlflowSearchCallback(Callback):
         params = [Param(CONSTANT_PARAMS[k], short(result[k])) for k in numbers
                   if CONSTANT_PARAMS.get(k) and CONSTANT_PARAMS[k] not in logged]
         logged.update(p.key for p in params)
-        self.client.log_batch(run_id, metrics=metrics, params=params,
-                              tags=[RunTag(LAST_EPOCH, str(epoch))])
+        self._write("batch", run_id, metrics, params, [RunTag(LAST_EPOCH, str(epoch))])
 
+    @_naming_open_runs
     def _logged_params(self, run_id: str) -> set[str]:
         if run_id not in self._params:  # a resumed search: the run may have params already
             self._params[run_id] = set(self.client.get_run(run_id).data.params)
@@ -229,19 +368,13 @@ class MlflowSearchCallback(Callback):
         if (trial.trial_id, epoch) in self.checkpoints:
             return
         self.checkpoints[(trial.trial_id, epoch)] = path
-        self.client.set_tag(run_id, epoch_tag("ckpt", epoch), path)
+        self._write("tag", run_id, epoch_tag("ckpt", epoch), path)
         self._strip_old_states(trial.trial_id, filesystem)
         grid = read_checkpoint_file(path, "grid.png", filesystem)
-        if grid is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(tmp) / Path(grid_artifact(epoch)).name
-                local.write_bytes(grid)
-                self.client.log_artifact(run_id, str(local), artifact_path="grids")
-                # ... and as an image series: the UI's image slider walks the epochs
-                with Image.open(local) as image:
-                    self.client.log_image(run_id, image.convert("RGB"), key=GRID_IMAGE_KEY,
-                                          step=epoch)
-
+        if grid is not None:  # read now: Tune may delete the folder before the server is back
+            self._write("file", run_id, "grids", Path(grid_artifact(epoch)).name, grid)
+            # ... and as an image series: the UI's image slider walks the epochs
+            self._write("image", run_id, GRID_IMAGE_KEY, epoch, grid, False)
 
     def _strip_old_states(self, trial_id: str, filesystem) -> None:
         """Keep the full training state only in the trial's last FULL_STATES_KEPT checkpoints
@@ -251,3 +384,10 @@ class MlflowSearchCallback(Callback):
             if (trial_id, epoch) not in self._stripped:
                 remove_checkpoint_file(self.checkpoints[(trial_id, epoch)], STATE_FILE, filesystem)
                 self._stripped.add((trial_id, epoch))
+
+
+def _image_logged(client, run_id: str, key: str, step: int) -> bool:
+    """Whether `log_image(key=key, step=step)` already wrote its file (images/KEY+step+N+...)."""
+    prefix = f"images/{key.replace('/', '~')}+step+{step}+"
+    return any(a.path.startswith(prefix) and a.path.endswith("+compressed.webp")
+               for a in client.list_artifacts(run_id, "images"))
