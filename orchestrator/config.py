@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional
@@ -64,6 +65,9 @@ class SearchConfig:
     eval_every: Optional[int] = None
     duplicates: str = "drop"  # byte-identical images under two names: drop | error | keep
     skip_bad: bool = False  # skip unreadable images (listed in skipped.csv), else an error
+    exclude_classes: Optional[str] = None  # "A,B": classes left out of the data
+    label_map: tuple = field(default_factory=tuple)  # ("OLD=NEW", "A=B,C=D"): classes renamed
+    classes: Optional[str] = None  # "A,B,C": class names accepted as they are
     tune: bool = False  # classifier: Tune search (`search classifier` without it: the study)
     no_pretrained: bool = False  # classifier: VGG16/ResNet50 from scratch, no ImageNet weights
     keep_epochs: int = 5  # per trial: generator weights of this many best epochs are kept
@@ -72,6 +76,10 @@ class SearchConfig:
     min_diversity: Optional[float] = None  # collapse limit for selection; None: by budget
     max_memorised: float = MAX_MEMORISED  # copy limit for selection (memorised_share)
     overrides: tuple = field(default_factory=tuple)  # ("key=value", ...) for the trial config
+
+    def class_options(self) -> dict:
+        """--exclude-classes, --label-map and --classes as the data loader's options."""
+        return class_options(self.exclude_classes, self.label_map, self.classes)
 
     def diversity_limit(self) -> float:
         if self.min_diversity is not None:
@@ -120,6 +128,7 @@ def validate(cfg: SearchConfig) -> None:
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    cfg.class_options()
     storage = cfg.storage
     if "://" in storage and not storage.startswith(("s3://", "gs://", "file://", "abfs://")):
         raise ValueError(f"--storage {storage!r}: use a local path, s3://… or gs://…")
@@ -127,6 +136,66 @@ def validate(cfg: SearchConfig) -> None:
 
 def default_name(cfg: SearchConfig) -> str:
     return f"{cfg.experiment}-{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def class_options(exclude_classes: Optional[str], label_map: Sequence[str],
+                  classes: Optional[str]) -> dict:
+    """The command line's class options as `trainables.data.load_image_set`'s keywords
+    (exclude_labels=, label_map=, classes=), only those given: a search without them loads,
+    caches and records its data exactly as before.  A malformed value is a ValueError
+    naming the option.
+
+    >>> class_options("Lung Opacity", ["Viral Pneumonia=Pneumonia"], None)
+    {'exclude_labels': ('Lung Opacity',), 'label_map': {'Viral Pneumonia': 'Pneumonia'}}
+    """
+    out: dict = {}
+    if exclude_classes is not None:
+        out["exclude_labels"] = class_list(exclude_classes, "--exclude-classes")
+    if label_map:
+        out["label_map"] = parse_label_map(label_map)
+    if classes is not None:
+        out["classes"] = class_list(classes, "--classes")
+    return out
+
+
+def class_list(text: str, flag: str) -> tuple[str, ...]:
+    """`"Lung Opacity,Tuberculosis"` -> ("Lung Opacity", "Tuberculosis"): comma-separated
+    names, kept as written (any script) but for spaces around them."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise ValueError(f"{flag} {text!r}: expected comma-separated class names, e.g. "
+                         f"{flag} 'Lung Opacity,Tuberculosis'")
+    return names
+
+
+def parse_label_map(items: Sequence[str]) -> dict[str, str]:
+    """`("Viral Pneumonia=Pneumonia", "COVID=Covid,NORMAL=Normal")` -> {old: new}: the
+    source's class name (or its canonical name) -> the name to train under."""
+    out: dict[str, str] = {}
+    for item in items:
+        for pair in item.split(","):
+            old, eq, new = (part.strip() for part in pair.partition("="))
+            if not (eq and old and new):
+                raise ValueError(f"--label-map {pair.strip()!r}: expected OLD=NEW, e.g. "
+                                 "--label-map 'Viral Pneumonia=Pneumonia' (comma-separate or "
+                                 "repeat the option for several)")
+            out[old] = new
+    return out
+
+
+def data_options_from_params(params: dict) -> dict:
+    """The data loader's options a search recorded as `data_options.<key>` params (the
+    values as Python wrote them), so that a later command loads exactly its images."""
+    import ast
+
+    out = {}
+    for key, text in params.items():
+        if key.startswith("data_options."):
+            try:
+                out[key.partition(".")[2]] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):  # a plain string: duplicates=drop
+                out[key.partition(".")[2]] = text
+    return out
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -144,3 +213,15 @@ def parse_overrides(items) -> dict:
             parsed = float(parsed)
         out[key.strip()] = parsed
     return out
+
+
+# The class options' help, shared by search, study and audit (here: no cycle between them).
+CLASS_OPTIONS_HELP = {
+    "exclude_classes": "leave these classes out, e.g. 'Lung Opacity' (S3's set); a folder "
+                       "name or the canonical name; comma-separated",
+    "label_map": "rename a class: the source's name (or its canonical one) = the name to "
+                 "train under, e.g. 'Viral Pneumonia=Pneumonia'; comma-separate or repeat",
+    "classes": "accept these class names as they are, e.g. Tuberculosis (names the loader "
+               "does not know are an error otherwise; for a MedMNIST .npz: the names of "
+               "labels 0, 1, ...); comma-separated",
+}

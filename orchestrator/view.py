@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.image import imread
 
 from orchestrator import plots
-from orchestrator.config import DEFAULT_MLFLOW_URI
+from orchestrator.config import DEFAULT_MLFLOW_URI, data_options_from_params
 from orchestrator.store.reader import (SearchRecord, StoreError, fid_protocol, grid_image,
                                        load_epoch_table, load_ranking, load_search,
                                        metric_columns, search_objectives, selected_epoch,
@@ -54,11 +54,10 @@ def real_grid(record: SearchRecord, per_class: int = 8) -> tuple[np.ndarray, tup
     missing = [k for k in ("data", "base.resolution") if k not in params]
     if missing:
         raise StoreError(f"parent run has no param(s) {missing}: cannot load its real images")
+    options = {"duplicates": "error", **data_options_from_params(params)}  # the search's own
     _, images = load_selection_sets(params["data"], resolution=int(params["base.resolution"]),
                                     channels=int(params.get("base.channels", 1)),
-                                    duplicates=params.get("data_options.duplicates", "error"),
-                                    seed=int(params.get("seed", 0)),
-                                    skip_bad=params.get("data_options.skip_bad") == "True")
+                                    seed=int(params.get("seed", 0)), **options)
     mosaic = plots.real_class_grid(np.asarray(images.images), images.labels,
                                    len(images.classes), per_class=per_class)
     return mosaic, tuple(images.classes)

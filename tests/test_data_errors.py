@@ -61,8 +61,13 @@ def test_non_image_bytes_raise(radiography_dir, tmp_path):
 def test_unknown_class_name(radiography_dir, tmp_path):
     root = class_dirs(tmp_path / "d", radiography_dir)
     (root / "COVID").rename(root / "Tuberculosis")
-    with pytest.raises(DataError, match=r"unknown class name\(s\) \['Tuberculosis'\].*label_map="):
+    with pytest.raises(DataError,
+                       match=r"unknown class name\(s\) \['Tuberculosis'\].*label_map=") as err:
         load(root, tmp_path)
+    # the command line's flags, with values that work as written in a shell
+    for flag in ("--classes Normal,Tuberculosis", "--label-map Tuberculosis=ClassName",
+                 "--exclude-classes Tuberculosis"):
+        assert flag in str(err.value)
     s = load(root, tmp_path, classes=("Tuberculosis", "Normal"))
     assert s.classes == ("Normal", "Tuberculosis")
 
@@ -70,8 +75,11 @@ def test_unknown_class_name(radiography_dir, tmp_path):
 def test_empty_class_folder(radiography_dir, tmp_path):
     root = class_dirs(tmp_path / "d", radiography_dir)
     (root / "Viral Pneumonia").mkdir()
-    with pytest.raises(DataError, match="Viral Pneumonia: empty class folder"):
+    with pytest.raises(DataError, match="Viral Pneumonia: empty class folder.*remove the folder"):
         load(root, tmp_path)
+    # the folders are read before the exclusion: the message must not offer it as the fix
+    with pytest.raises(DataError, match="cannot skip one"):
+        load(root, tmp_path, exclude_labels=["Viral Pneumonia"])
 
 
 def test_class_without_images_in_a_split(radiography_dir, tmp_path):

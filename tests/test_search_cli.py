@@ -22,7 +22,8 @@ def test_help_explains_every_option():
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--preset", "--data", "--num-samples", "--max-epochs", "--max-concurrent",
                  "--workers-per-trial", "--gpus-per-worker", "--searcher", "--scheduler",
-                 "--objective", "--storage", "--mlflow-uri", "--name", "--resume", "--smoke"):
+                 "--objective", "--storage", "--mlflow-uri", "--name", "--resume", "--smoke",
+                 "--exclude-classes", "--label-map", "--classes"):
         assert flag in out
 
 

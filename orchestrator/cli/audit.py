@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.cli import check_out_folder
+from orchestrator.cli.search import add_class_options
+
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SPACES = ("pixel", "inception")
 # trainables.metrics.memorisation's defaults, written here so that --help imports no torch
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the commonest size of the synthetic images)")
     p.add_argument("--duplicates", choices=("error", "keep", "drop"), default="keep",
                    help="how the data loader treats byte-identical images (default keep)")
+    add_class_options(p)
     p.add_argument("--json", default=None, help="write the result here (default <out>/audit.json)")
     p.add_argument("--out", default="audit", help="folder for audit.json and most_copied.png")
     p.add_argument("--device", default="cpu", help="torch device for --space inception")
@@ -104,8 +108,10 @@ def read_images(files: Sequence[Path], resolution: int | None) -> tuple[np.ndarr
     return images, resolution, resized
 
 
-def load_reference(data: str, heldout: str | None, resolution: int, duplicates: str):
-    """(training ImageSet, held-out uint8 images, held-out description)."""
+def load_reference(data: str, heldout: str | None, resolution: int, duplicates: str,
+                   class_options: dict | None = None):
+    """(training ImageSet, held-out uint8 images, held-out description); class_options:
+    the loader's exclude_labels= / label_map= / classes= (`orchestrator.config.class_options`)."""
     from trainables.data import DataError
     from trainables.data.selection import load_selection_sets
 
@@ -113,7 +119,7 @@ def load_reference(data: str, heldout: str | None, resolution: int, duplicates: 
         raise AuditError(f"--data {data}: no such file or folder")
     try:
         fit, val = load_selection_sets(data, resolution=resolution, channels=1,
-                                       duplicates=duplicates)
+                                       duplicates=duplicates, **(class_options or {}))
     except (DataError, ValueError) as exc:
         raise AuditError(f"--data {data}: {exc}") from None
     if heldout is None:
@@ -122,6 +128,17 @@ def load_reference(data: str, heldout: str | None, resolution: int, duplicates: 
     if resized:
         print(f"note: resized {resized} held-out image(s) to {resolution}x{resolution}")
     return fit, images, heldout
+
+
+def audit_class_options(a: argparse.Namespace) -> dict:
+    """--exclude-classes / --label-map / --classes as the loader's options; AuditError if
+    one is malformed (checked before any image is read or drawn)."""
+    from orchestrator.config import class_options
+
+    try:
+        return class_options(a.exclude_classes, a.label_map, a.classes)
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
 
 
 def features(images: np.ndarray, space: str, extractor=None) -> np.ndarray:
@@ -148,6 +165,7 @@ def draw_from_generator(spec: str, per_class: int, mlflow_uri: str | None, out: 
                         device: str) -> Path:
     """Export ``per_class`` images per class from a registered model, a run or a local
     checkpoint into ``out`` (the same export as `orchestrator.generate`)."""
+    from orchestrator.cli.generate import checkpoint_problem
     from trainables.gan.export import export_synthetic
 
     if per_class < 1:
@@ -157,6 +175,10 @@ def draw_from_generator(spec: str, per_class: int, mlflow_uri: str | None, out: 
         if spec.endswith((".pt", "/")) or spec.startswith((".", "/")):
             raise AuditError(f"--generator {spec}: no such file or folder")
         checkpoint = registered_generator(spec, mlflow_uri)
+    else:
+        problem = checkpoint_problem(checkpoint, "--generator")
+        if problem:
+            raise AuditError(problem)
     if (out / "manifest.csv").exists():
         raise AuditError(f"{out} already holds an export: choose another --out (audits never "
                          "mix images of two generators)")
@@ -224,6 +246,8 @@ def run(a: argparse.Namespace) -> dict:
     """The audit the arguments ask for; AuditError on a user error."""
     if not a.data:
         raise AuditError("--data is required: the training data the generator was fitted on")
+    options = audit_class_options(a)
+    check_out_folder(a.out)
     synthetic = a.synthetic or draw_from_generator(a.generator, a.per_class, a.mlflow_uri,
                                                    Path(a.out) / "synthetic", a.device)
     files = image_files(synthetic)
@@ -231,7 +255,8 @@ def run(a: argparse.Namespace) -> dict:
     if resized:
         print(f"note: resized {resized} of {len(files)} synthetic image(s) to "
               f"{resolution}x{resolution}, the resolution the data is compared at")
-    train, heldout, held_from = load_reference(a.data, a.heldout, resolution, a.duplicates)
+    train, heldout, held_from = load_reference(a.data, a.heldout, resolution, a.duplicates,
+                                               options)
     extractor = load_space(a.space, a.device)
     train_images = np.asarray(train.images)
     k = min(a.k, len(fakes) - 1, len(train_images) - 1)  # PRDC needs k < each set's size
@@ -241,6 +266,7 @@ def run(a: argparse.Namespace) -> dict:
     meta = {"space": a.space, "k": k,
             "resolution": resolution, "n_training": len(train_images),
             "n_heldout": len(heldout), "heldout": held_from, "data": a.data,
+            "data_options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
             "synthetic": str(synthetic), "generator": a.generator}
     summary = report(result, pairs, meta)
     out = Path(a.out)
@@ -257,10 +283,12 @@ def run(a: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from orchestrator.config import ConfigError
+
     a = build_parser().parse_args(argv)
     try:
         run(a)
-    except AuditError as exc:
+    except (AuditError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -13,11 +13,11 @@ pandas, MLflow and the ranking code are imported once the options have parsed (f
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.cli import check_out_folder, parse_then_run
 from orchestrator.cli.search import (
     POLICIES,
     HelpFormatter,
@@ -52,7 +52,8 @@ def _weights(text: str | None) -> dict[str, float] | None:
     try:
         return {k.strip(): float(v) for k, v in (p.split("=") for p in text.split(","))}
     except ValueError:
-        raise SystemExit(f"--weights {text!r}: write metric=weight pairs, e.g. cas_acc=1,fid=1")
+        raise ValueError(f"--weights {text!r}: write metric=weight pairs, e.g. "
+                         "cas_acc=1,fid=1") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,38 +119,62 @@ def shown(ranked: pd.DataFrame, rows: int = 10) -> str:
     return top.to_string(index=False)
 
 
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """The options, checked before the store is opened: a mistake is a ValueError or
+    ConfigError naming the option (one `error:` line, exit code 2)."""
+    args.weights_map = _weights(args.weights)
+    if args.shortlist < 1:
+        raise ValueError(f"--shortlist must be >= 1, got {args.shortlist}")
+    for flag, value, top in (("--max-constant-frac", args.max_constant_frac, 1),
+                             ("--max-memorised", args.max_memorised, 1),
+                             ("--min-diversity", args.min_diversity, 1)):
+        if value is not None and not 0 <= value <= top:
+            raise ValueError(f"{flag} is a share in [0, 1], got {value}")
+    if args.verdicts is not None and not args.verdicts.is_file():
+        raise ValueError(f"--verdicts {args.verdicts}: no such file; write a CSV with columns "
+                         "trial_id,epoch,verdict (approve|reject)")
+    if args.out is not None:
+        check_out_folder(args.out)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return parse_then_run(lambda: checked(args), run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Re-rank the search; a store, verdicts or --out the command cannot use is a ConfigError."""
     # pandas, MLflow and the registries: only once the options are good
     from orchestrator import ranking
+    from orchestrator.config import ConfigError
     from orchestrator.finalize import mark_kept
     from orchestrator.store.layout import StoreError
     from orchestrator.store.reader import load_epoch_table, load_search
 
     try:
         record = load_search(args.search, args.mlflow_uri)
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        verdicts = ranking.load_verdicts_csv(args.verdicts) if args.verdicts else None
+    except (StoreError, ValueError) as exc:  # a malformed verdicts CSV is a ValueError
+        raise ConfigError(str(exc)) from None
+    out = args.out or Path("rankings") / record.name
+    check_out_folder(out)
     cfg = search_config(record, args.policy)
     table = load_epoch_table(record)
     if cfg.is_gan:
         table = mark_kept(table)
-    verdicts = ranking.load_verdicts_csv(args.verdicts) if args.verdicts else None
     options = {"staged": {"shortlist": args.shortlist},
                "pareto": {"objectives": tuple(args.objective.split(","))},
-               "weighted": {"weights": _weights(args.weights)}}[args.policy]
+               "weighted": {"weights": args.weights_map}}[args.policy]
     limit = args.min_diversity if args.min_diversity is not None else cfg.diversity_limit()
     memorised = args.max_memorised if args.max_memorised is not None else cfg.max_memorised
     ranked = ranking.rank(table, args.policy, verdicts, min_diversity=limit,
                           max_constant_frac=args.max_constant_frac, max_memorised=memorised,
                           **options)
-    out = args.out or Path("rankings") / record.name
     pq, csv = ranking.write_ranking(ranked, out, f"ranking_{args.policy}")
     print(shown(ranked))
     print(f"wrote {pq} and {csv}")
     print(update_selection(record, cfg, ranked, args.dry_run))
-    return 0
 
 
 def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFrame,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
+from orchestrator.cli import check_out_folder, parse_then_run
 from orchestrator.cli.search import HelpFormatter, add_mlflow_uri, add_search_name
 
 TOP_K = 4  # orchestrator.view.TOP_K (tests/test_cli_help.py): not imported, it loads pandas
@@ -32,21 +32,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # One progress bar per downloaded grid would bury the report's own messages.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """The options, checked before the store is opened (ValueError / ConfigError)."""
     if args.top_k < 1:
-        print(f"error: --top-k must be >= 1, got {args.top_k}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    check_out_folder(args.out)
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
     # MLflow, pandas and matplotlib: only once the options are good
+    from orchestrator.config import ConfigError
     from orchestrator.store.layout import StoreError
     from orchestrator.view import write_report
 
     try:
         path = write_report(args.search, args.mlflow_uri, args.out, top_k=args.top_k)
     except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(exc)) from None
     print(f"report: {path}")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # One progress bar per downloaded grid would bury the report's own messages.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return parse_then_run(lambda: checked(args), run)

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator.config import CLASS_OPTIONS_HELP  # light: no registry at import
+
 from orchestrator.cli import parse_then_run
 
 if TYPE_CHECKING:
@@ -133,6 +135,18 @@ def _what_options(g) -> None:
                         "YAML); unknown keys fail; `--set help` lists the keys")
 
 
+# --exclude-classes, --label-map, --classes: the data loader's exclude_labels=, label_map=
+# and classes= on the command line (search, study, audit), with one help text each.
+
+
+def add_class_options(g) -> None:
+    """--exclude-classes A,B, --label-map OLD=NEW (repeatable), --classes A,B,C."""
+    g.add_argument("--exclude-classes", metavar="A,B", help=CLASS_OPTIONS_HELP["exclude_classes"])
+    g.add_argument("--label-map", action="append", default=[], metavar="OLD=NEW",
+                   help=CLASS_OPTIONS_HELP["label_map"])
+    g.add_argument("--classes", metavar="A,B,C", help=CLASS_OPTIONS_HELP["classes"])
+
+
 def _data_options(g) -> None:
     g.add_argument("--data", default="default", metavar="SOURCE",
                    help="data source: a folder-per-class directory, a COVIDx directory, an "
@@ -146,6 +160,7 @@ def _data_options(g) -> None:
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable/truncated images instead of stopping; they are "
                         "printed and listed in skipped.csv beside the manifest")
+    add_class_options(g)
 
 
 def _budget_options(g) -> None:
@@ -234,6 +249,7 @@ def config_from_namespace(args: argparse.Namespace) -> SearchConfig:
                          f"{args.experiment}; {args.experiment} presets: {', '.join(allowed)}")
     # Every option's dest is a SearchConfig field (tests/test_search_cli.py checks it).
     options = {**vars(args), "preset": preset, "overrides": tuple(args.overrides),
+               "label_map": tuple(args.label_map),
                "num_samples": 20 if args.num_samples is None else args.num_samples}
     cfg = SearchConfig(**options)
     budget_given = args.num_samples is not None or args.max_epochs is not None

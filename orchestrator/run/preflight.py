@@ -1,10 +1,12 @@
 """Checks and one-off work before Ray or MLflow start: stores writable, the data read,
 cached and fingerprinted once (so every trial memory-maps the same cache), at least two
-classes.  Every failure is a ConfigError naming the thing and the fix, within seconds."""
+classes, and a warning for each class with too few validation images for an evaluation.
+Every failure is a ConfigError naming the thing and the fix, within seconds."""
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,14 +28,53 @@ def preflight_data(settings: TrialSettings) -> TrialSettings:
             # and MLflow records which one it was.
             data = str(resolve_default(resolution))
         settings = dataclasses.replace(settings, data=data)
-        train, _ = load_selection(settings, resolution, channels)
+        train, val = load_selection(settings, resolution, channels)
     except (DataError, FileNotFoundError, ValueError) as exc:
-        hint = " (on the command line: --duplicates keep)" if "duplicates=" in str(exc) else ""
+        hints = [f"{flag} sets {keyword}" for keyword, flag in PYTHON_ONLY.items()
+                 if keyword in str(exc) and flag not in str(exc)]
+        hint = f" (on the command line: {'; '.join(hints)})" if hints else ""
         raise ConfigError(f"data {data!r}: {exc}{hint}") from exc
     settings = dataclasses.replace(settings, data_fingerprint=train.fingerprint,
                                    classes=tuple(train.classes))
     check_classes(settings)
+    for line in few_validation_images(settings, val.class_counts()):
+        print(f"warning: {line}", file=sys.stderr)
     return settings
+
+
+# Data messages that name a Python keyword only, and the search's option that sets it.
+PYTHON_ONLY = {"skip_bad=True": "--skip-bad"}
+
+# What each evaluation needs of every class in the validation images, and what it is called:
+# intra-FID and the diversity ratio (the collapse guard) need two images of a class (its
+# covariance, its pairwise distances); CAS and a classifier's validation scores need one.
+PER_CLASS_NEEDS = {
+    "intra_fid": (2, "intra-FID"),
+    "visual": (2, "the diversity check (collapse guard)"),
+    "cas": (1, "CAS"),
+    "classifier": (1, "the validation scores (val_macro_f1)"),
+}
+
+
+def few_validation_images(settings: TrialSettings, counts: dict[str, int]) -> list[str]:
+    """One line per class with fewer validation images than one of the search's
+    evaluations needs: the class, its count, and what leaves it out."""
+    uses = settings.eval.get("metrics", ()) if settings.is_gan else ("classifier",)
+    lines = []
+    for name, n in counts.items():
+        short = [(need, label) for use, (need, label) in PER_CLASS_NEEDS.items()
+                 if use in uses and n < need]
+        if short:
+            labels = [label for _, label in short]
+            lines.append(f"class {name!r} has {n} validation image{'s' * (n != 1)} (fewer than "
+                         f"{max(need for need, _ in short)}): {_and(labels)} "
+                         f"leave{'s' * (len(labels) == 1)} it out of every evaluation; add "
+                         "images of it, or leave it out with --exclude-classes")
+    return lines
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def publish_data(settings: TrialSettings, storage: str) -> TrialSettings:

@@ -18,7 +18,8 @@ def trial_settings(cfg: SearchConfig, storage: str) -> TrialSettings:
     return TrialSettings(
         experiment=cfg.experiment, data=cfg.data, search_name=cfg.name, storage=storage,
         base=base, seed=cfg.seed,
-        data_options={"duplicates": cfg.duplicates, "skip_bad": cfg.skip_bad},
+        data_options={"duplicates": cfg.duplicates, "skip_bad": cfg.skip_bad,
+                      **cfg.class_options()},
         eval=eval_settings(cfg) if cfg.is_gan else {},
         objectives=tuple(cfg.objectives()), keep_epochs=cfg.keep_epochs)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional, Sequence
 
-from orchestrator.config import (DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, ConfigError,
-                                 parse_overrides)
+from orchestrator.config import (CLASS_OPTIONS_HELP, DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, ConfigError,
+                                 class_options, parse_overrides)
 
 # Budgets: the CPU smoke budget a 2-core laptop finishes in minutes, and the full one.
 # Five seeds in the full budget: with three, even a correct seed-aware interval is too
@@ -26,9 +26,11 @@ FULL_STUDY = {"resolution": 112, "epochs": 50, "seeds": (0, 1, 2, 3, 4), "n_boot
 
 
 def _opt(help: str, *, group: str = "study", flag: str | None = None, metavar: str | None = None,
-         choices: Sequence[str] | None = None, default=None, **kw):
-    """A dataclass field with its command-line option described in ``metadata``."""
-    meta = {"help": help, "group": group, "flag": flag, "metavar": metavar, "choices": choices}
+         choices: Sequence[str] | None = None, default=None, append: bool = False, **kw):
+    """A dataclass field with its command-line option described in ``metadata`` (append:
+    a repeatable option, its values a tuple)."""
+    meta = {"help": help, "group": group, "flag": flag, "metavar": metavar, "choices": choices,
+            "append": append}
     if "default_factory" in kw:
         return field(default_factory=kw["default_factory"], metadata=meta)
     return field(default=default, metadata=meta)
@@ -48,6 +50,11 @@ class StudyConfig:
     duplicates: str = _opt("byte-identical and near-duplicate images across splits: drop "
                            "(default), error or keep; listed beside the manifest",
                            group="data", choices=("drop", "error", "keep"), default="drop")
+    exclude_classes: Optional[str] = _opt(CLASS_OPTIONS_HELP["exclude_classes"], group="data",
+                                          metavar="A,B")
+    label_map: tuple = _opt(CLASS_OPTIONS_HELP["label_map"], group="data", metavar="OLD=NEW",
+                            append=True, default_factory=tuple)
+    classes: Optional[str] = _opt(CLASS_OPTIONS_HELP["classes"], group="data", metavar="A,B,C")
     strategies: str = _opt("comma-separated imbalance strategies, or 'all'", default="all")
     generator: Optional[str] = _opt(
         "the GAN strategies' generator, models:/NAME@ALIAS or models:/NAME/VERSION; its "
@@ -66,7 +73,7 @@ class StudyConfig:
     overrides: tuple = _opt("override a field of the classifier config or the budget "
                             "(seeds=0,1,2,3,4, resolution=64, epochs, model, n_boot, lr, ...); "
                             "unknown keys fail", group="budget", flag="--set",
-                            metavar="KEY=VALUE", default_factory=tuple)
+                            metavar="KEY=VALUE", append=True, default_factory=tuple)
     mlflow_uri: str = _opt("MLflow tracking URI (sqlite:///… or http://host:port)",
                            group="store", default=DEFAULT_MLFLOW_URI)
     storage: str = _opt("where a GAN search run for the study (no generator registered "
@@ -103,7 +110,7 @@ def build_parser(prog: str = "python -m orchestrator.study") -> argparse.Argumen
         kw = {"dest": f.name, "help": meta["help"] + shown}
         if kind is bool:
             kw["action"] = "store_true"
-        elif f.name == "overrides":
+        elif meta["append"]:
             kw.update(action="append", default=[], metavar=meta["metavar"])
         else:
             base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
@@ -117,7 +124,9 @@ def config_from_args(argv: Optional[Sequence[str]] = None, *,
                      prog: str = "python -m orchestrator.study") -> StudyConfig:
     """Parse and validate; a bad value raises ValueError naming the option."""
     args = vars(build_parser(prog).parse_args(argv))
-    args["overrides"] = tuple(args["overrides"])
+    for f in dataclasses.fields(StudyConfig):
+        if f.metadata["append"]:
+            args[f.name] = tuple(args[f.name])
     cfg = StudyConfig(**args)
     validate(cfg)
     return cfg
@@ -133,6 +142,13 @@ def validate(cfg: StudyConfig) -> None:
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+    study_class_options(cfg)
+
+
+def study_class_options(cfg: StudyConfig) -> dict:
+    """--exclude-classes / --label-map / --classes as the data loader's options (only those
+    given; ValueError naming the option if one is malformed)."""
+    return class_options(cfg.exclude_classes, cfg.label_map, cfg.classes)
 
 
 def parse_minority(text: str) -> dict[str, float]:
@@ -170,7 +186,10 @@ def study_settings(cfg: StudyConfig) -> tuple[dict, dict]:
     for key in ("resolution", "epochs", "model", "n_boot"):  # run_study's own arguments
         if key in overrides:
             budget[key] = overrides.pop(key)
-    base = {"duplicates": cfg.duplicates, "channels": budget["channels"],
+    # The class options are ClassifierConfig fields, like duplicates: every classifier of
+    # the study loads its data with them.
+    base = {"duplicates": cfg.duplicates, **study_class_options(cfg),
+            "channels": budget["channels"],
             **({"pretrained": False} if cfg.no_pretrained else {}), **overrides}
     try:
         ClassifierConfig.from_dict({**base, "source": cfg.data, "resolution": budget["resolution"],

@@ -51,13 +51,18 @@ class ClassifierConfig:
     GAN strategies use when the caller passes no ``synth`` (so a Tune config alone is
     enough).  pretrained: ImageNet weights for vgg16/resnet50 (False = from scratch).
     evaluate_test: after training, evaluate the best model on the test split once (off for
-    searches: selection uses validation only).
+    searches: selection uses validation only).  exclude_labels, label_map, classes: the data
+    loader's class options (`trainables.data.load_image_set`; --exclude-classes,
+    --label-map, --classes on the command line).
     """
 
     source: str = "default"
     resolution: int = 64
     channels: int = 3
     duplicates: str = "error"
+    exclude_labels: tuple = ()
+    label_map: dict | None = None
+    classes: tuple | None = None
     model: str = "s0_cnn"
     pretrained: bool = True
     head: str = "s3"  # vgg16/resnet50: S3's heads, or "s2" (flatten -> 1024 -> 64)

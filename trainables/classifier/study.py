@@ -31,8 +31,8 @@ from trainables.classifier.stats import (Metric, holm, macro_auroc, mcnemar_per_
                                          specificity_of, auroc_of)
 from trainables.classifier.strategies import (Synth, keep_share, synth_from_checkpoint,
                                               synth_from_generator)
-from trainables.classifier.train import (COMPOSITION_FILE, evaluate_final, load_test_set,
-                                         train_classifier)
+from trainables.classifier.train import (COMPOSITION_FILE, data_options, evaluate_final,
+                                         load_test_set, train_classifier)
 from trainables.context import standalone_context
 from trainables.data import load_manifest
 from trainables.data.default import resolve_default
@@ -123,7 +123,7 @@ def run_study(source: str | Path, strategies: str | Sequence[str] = "all", gener
     if any(s in GAN_STRATEGIES for s in strategies):  # a wrong generator fails before training
         synth = resolve_synth(generator, resolution=cfg0.resolution, channels=cfg0.channels,
                               classes=data_classes(source, resolution=cfg0.resolution,
-                                                   duplicates=cfg0.duplicates))
+                                                   **data_options(cfg0)))
     trained = []
     for strategy in strategies:
         for seed in seeds:
@@ -362,24 +362,26 @@ def _points(diff: float, low: float, high: float) -> str:
 
 
 # ------------------------------------------------------------------------------ the data
-def data_classes(source: str | Path, *, resolution: int, duplicates: str) -> tuple[str, ...]:
-    """The class names of ``source``, in label order (reads the manifest only)."""
+def data_classes(source: str | Path, *, resolution: int, duplicates: str,
+                 **class_options) -> tuple[str, ...]:
+    """The class names of ``source``, in label order (reads the manifest only);
+    class_options: the loader's exclude_labels= / label_map= / classes=."""
     source = resolve_default(resolution) if str(source) == "default" else source
-    return load_manifest(source, duplicates=duplicates).classes
+    return load_manifest(source, duplicates=duplicates, **class_options).classes
 
 
 def data_fingerprint(source: str | Path, *, resolution: int, channels: int,
-                     duplicates: str) -> str:
+                     duplicates: str, **class_options) -> str:
     """The fingerprint a GAN search at ``resolution`` x ``channels`` records for ``source``
     (`cxr.data_fingerprint`: its fit images, from the same split the study uses)."""
     fit, _ = load_selection_sets(source, resolution=resolution, channels=channels,
-                                 duplicates=duplicates)
+                                 duplicates=duplicates, **class_options)
     return fit.fingerprint
 
 
 def rare_class_source(source: str | Path, minority: Mapping[str, float], *,
-                      duplicates: str = "drop", cache_dir: str | Path | None = None
-                      ) -> tuple[Path, dict[str, tuple[int, int]]]:
+                      duplicates: str = "drop", cache_dir: str | Path | None = None,
+                      **class_options) -> tuple[Path, dict[str, tuple[int, int]]]:
     """(folder, {class: (kept, of)}): ``source`` with the classes in ``minority`` made rare
     in the training split only; class c keeps ``minority[c]`` of its training images.
 
@@ -389,11 +391,13 @@ def rare_class_source(source: str | Path, minority: Mapping[str, float], *,
     untouched.  A classifier and a GAN given this folder as their data see exactly these
     images, so the GAN never saw the training images the classifier lost; its name is a hash
     of the source's manifest and ``minority``, so every run finds the same folder (and the
-    same data fingerprint)."""
+    same data fingerprint).  class_options (exclude_labels= / label_map= / classes=) apply
+    to ``source``; the folder holds the resulting class names, read back with
+    classes=<those names>."""
     if str(source) == "default" or Path(source).suffix.lower() == ".npz":
         raise ValueError(f"--minority: {source} is a MedMNIST array file; a rare class is "
                          "made from a source of image files (a folder, COVIDx, ieee8023)")
-    manifest = load_manifest(source, duplicates=duplicates, cache_dir=cache_dir)
+    manifest = load_manifest(source, duplicates=duplicates, cache_dir=cache_dir, **class_options)
     shares = {manifest.classes.index(_class_name(name, manifest.classes)): share
               for name, share in minority.items()}
     frame = manifest.frame.assign(role=_selection_roles(manifest))
@@ -403,6 +407,7 @@ def rare_class_source(source: str | Path, minority: Mapping[str, float], *,
     keep[train] = keep_share(codes[train], shares)
     wanted = {manifest.classes[c]: share for c, share in sorted(shares.items())}
     key = hashlib.sha256(json.dumps([manifest.digest, wanted, duplicates]).encode()).hexdigest()
+    # (the manifest's digest covers the class options: they change its rows or labels)
     slug = "-".join(f"{c}-{share:g}" for c, share in wanted.items()).replace(" ", "_")
     folder = Path(cache_dir or default_cache_dir()) / "rare" / f"{Path(source).name}-{slug}-{key[:12]}"
     counts = {c: (int((train & keep & (frame["label"] == c).to_numpy()).sum()),
@@ -411,7 +416,8 @@ def rare_class_source(source: str | Path, minority: Mapping[str, float], *,
         origin = {"source": str(Path(source).resolve()), "manifest_digest": manifest.digest,
                   "duplicates": duplicates, "minority": wanted,
                   "train_kept_of": counts}
-        _link_tree(frame[keep], folder, origin)
+        accepted = manifest.classes if class_options else ()  # the driver reads them back so
+        _link_tree(frame[keep], folder, origin, accepted)
     return folder, counts
 
 
@@ -442,9 +448,11 @@ def _selection_roles(manifest) -> np.ndarray:
     return roles
 
 
-def _link_tree(frame: pd.DataFrame, folder: Path, origin: dict) -> None:
-    """`folder/<role>/<label>/<n>-<file name>` -> the image, built aside and moved in whole."""
-    unreadable = [c for c in frame["label"].unique() if canonical_label(c) != c]
+def _link_tree(frame: pd.DataFrame, folder: Path, origin: dict, accepted=()) -> None:
+    """`folder/<role>/<label>/<n>-<file name>` -> the image, built aside and moved in whole;
+    ``accepted``: names read back with classes= (the class options were given)."""
+    unreadable = [c for c in frame["label"].unique()
+                  if canonical_label(c) != c and c not in accepted]
     if unreadable:
         raise ValueError(f"--minority: class name(s) {unreadable} would not be read back "
                          "from folder names; rename them in the source")

@@ -37,8 +37,14 @@ COMPOSITION_FILE = "composition.csv"
 EVAL_BATCH = 256
 
 
+def data_options(cfg: ClassifierConfig) -> dict:
+    """The data loader's options of ``cfg`` besides the size: which copies, which classes."""
+    return dict(duplicates=cfg.duplicates, exclude_labels=cfg.exclude_labels,
+                label_map=cfg.label_map, classes=cfg.classes)
+
+
 def _data_kwargs(cfg: ClassifierConfig) -> dict:
-    return dict(resolution=cfg.resolution, channels=cfg.channels, duplicates=cfg.duplicates)
+    return dict(resolution=cfg.resolution, channels=cfg.channels, **data_options(cfg))
 
 
 def split_roles(cfg: ClassifierConfig) -> tuple[tuple[str, ...], str]:
@@ -46,7 +52,7 @@ def split_roles(cfg: ClassifierConfig) -> tuple[tuple[str, ...], str]:
     `trainables.data.selection.split_roles`, shared with the GAN search's evaluation.
     Only the manifest is read here, no images."""
     try:
-        return selection.split_roles(selection.source_splits(cfg.source, duplicates=cfg.duplicates))
+        return selection.split_roles(selection.source_splits(cfg.source, **data_options(cfg)))
     except ValueError as exc:
         raise ValueError(f"{cfg.source}: {exc}") from None
 

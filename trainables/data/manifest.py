@@ -17,9 +17,14 @@ Canonical class names (decisions):
 - pneumonia, PNEUMONIA (Kermany, COVIDx: non-COVID pneumonia) -> "Pneumonia";
 - the viral/bacterial distinction is KEPT when a source makes it ("Viral Pneumonia",
   "Bacterial Pneumonia", ieee8023 "Pneumonia/Viral/..." and "Pneumonia/Bacterial/..."),
-  because S1 classifies them separately; merge with label_map={"Viral Pneumonia": "Pneumonia"};
+  because S1 classifies them separately; merge with label_map={"Viral Pneumonia": "Pneumonia"}
+  (on the command line: --label-map 'Viral Pneumonia=Pneumonia');
 - COVIDx binary "negative" -> "Non-COVID-19" (it includes pneumonia, so not "Normal");
-- Lung_Opacity -> "Lung Opacity" (S3 drops it: exclude_labels=["Lung Opacity"]).
+- Lung_Opacity -> "Lung Opacity" (S3 drops it: exclude_labels=["Lung Opacity"], on the command
+  line --exclude-classes 'Lung Opacity').
+
+Error messages name the command-line options (--label-map, --classes, --exclude-classes,
+--duplicates) and, in brackets, the Python keywords of `load_image_set` they set.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,19 +109,36 @@ def map_labels(frame: pd.DataFrame, *, label_map: dict[str, str] | None,
     frame = frame[keep].copy()
     unknown = sorted({r for r in frame["raw_label"] if mapping[r] is None})
     if unknown:
-        example = frame.loc[frame["raw_label"] == unknown[0], "path"].iloc[0]
-        raise DataError(f"unknown class name(s) {unknown} (e.g. {example}); map them with "
-                        f"label_map={{{unknown[0]!r}: 'ClassName'}}, accept them as-is with "
-                        f"classes=, or drop them with exclude_labels=")
+        raise DataError(_unknown_message(frame, mapping, unknown))
     frame["label"] = frame["raw_label"].map(mapping)
     if classes:
         extra = sorted(set(frame["label"]) - set(classes))
         if extra:
-            raise DataError(f"class(es) {extra} found in the source but not in classes={classes}; "
-                            "add them or exclude them with exclude_labels=")
+            raise DataError(f"class(es) {extra} found in the source but not in --classes "
+                            f"{_cli_list(classes)} (classes={tuple(classes)}); add them to "
+                            f"--classes or leave them out with --exclude-classes "
+                            f"{_cli_list(extra)} (exclude_labels=)")
     if frame.empty:
-        raise DataError("no images left after exclude_labels=" + repr(sorted(excluded)))
+        raise DataError(f"no images left after --exclude-classes {_cli_list(sorted(excluded))} "
+                        f"(exclude_labels={sorted(excluded)})")
     return frame
+
+
+def _cli_list(names) -> str:
+    """Class names as one shell word of a comma-separated option: Normal,'Lung Opacity'."""
+    return shlex.quote(",".join(names))
+
+
+def _unknown_message(frame: pd.DataFrame, mapping: dict, unknown: list[str]) -> str:
+    """What to do about class names the loader does not know, as the command line's options
+    (and the Python keywords they set)."""
+    example = frame.loc[frame["raw_label"] == unknown[0], "path"].iloc[0]
+    every = sorted({m for m in mapping.values() if m is not None} | set(unknown))
+    return (f"unknown class name(s) {unknown} (e.g. {example}); accept them as they are with "
+            f"--classes {_cli_list(every)} (every class of the data; classes=), map them with "
+            f"--label-map {shlex.quote(unknown[0] + '=ClassName')} (label_map="
+            f"{{{unknown[0]!r}: 'ClassName'}}), or leave them out with --exclude-classes "
+            f"{_cli_list(unknown)} (exclude_labels=)")
 
 
 @dataclass(frozen=True)
@@ -167,10 +190,11 @@ def check_duplicates(frame: pd.DataFrame, layout: str, policy: str) -> pd.DataFr
         groups = dup.groupby("content_hash")["path"].apply(list)
         shown = "; ".join(" == ".join(g) for g in groups.iloc[:3])
         raise DataError(f"{len(groups)} group(s) of byte-identical image files under different "
-                        f"names, e.g. {shown}. Remove the copies, pass duplicates='drop' to keep "
-                        "one file of each (the earliest split's), or duplicates='keep' to "
-                        "load them anyway (they are then recorded in duplicates.csv beside the "
-                        "manifest, and kept in the same split when the split is computed here)")
+                        f"names, e.g. {shown}. Remove the copies, pass --duplicates drop "
+                        "(duplicates='drop') to keep one file of each (the earliest split's), "
+                        "or --duplicates keep (duplicates='keep') to load them anyway (they are "
+                        "then recorded in duplicates.csv beside the manifest, and kept in the "
+                        "same split when the split is computed here)")
     return dup
 
 
@@ -385,9 +409,9 @@ def _near_policy(frame: pd.DataFrame, near: pd.DataFrame, layout: str,
             f"({nd.SHORT}) of an image in an earlier split, e.g. {first['path']} ({first['split']}) "
             f"~ {first['match_path']} ({first['match_split']}), correlation "
             f"{first['correlation']:.4f}: evaluating on them measures memory. Remove the copies, "
-            "pass duplicates='drop' to drop the later-split copies (the training image is kept), "
-            "or duplicates='keep' to load them anyway (recorded in near_duplicates.csv beside "
-            "the manifest)")
+            "pass --duplicates drop (duplicates='drop') to drop the later-split copies (the "
+            "training image is kept), or --duplicates keep (duplicates='keep') to load them "
+            "anyway (recorded in near_duplicates.csv beside the manifest)")
     near = near.copy()
     if policy == "drop":
         # The leak is an evaluation image that is (nearly) a training image: dropping the
@@ -437,7 +461,8 @@ def _check_classes_per_split(frame: pd.DataFrame, classes: tuple[str, ...]) -> N
         missing = sorted(set(classes) - set(rows["label"]))
         if missing:
             raise DataError(f"class(es) {missing} have no images in the {split!r} split; a "
-                            "class needs images in every split (add images, or exclude it)")
+                            "class needs images in every split (add images, or leave it out "
+                            f"with --exclude-classes {_cli_list(missing)}: exclude_labels=)")
 
 
 def _digest(frame: pd.DataFrame, classes: tuple[str, ...]) -> str:

@@ -91,7 +91,8 @@ def read_folder(root: Path) -> tuple[pd.DataFrame, dict]:
             files = _image_files(class_dir, ignored)
             if not files:
                 raise DataError(f"{class_dir}: empty class folder (no PNG/JPEG/DICOM images); "
-                                f"remove it or pass --exclude-classes {class_dir.name!r}")
+                                "remove the folder or put its images in it (the folders are "
+                                "read before --exclude-classes applies, so it cannot skip one)")
             rows += [{"path": str(f), "patient_id": None, "raw_label": class_dir.name,
                       "source": root.name, "split": split} for f in files]
     dicom.require([Path(r["path"]) for r in rows if Path(r["path"]).suffix.lower()
@@ -258,7 +259,8 @@ def read_npz(path: Path, class_names: dict[int, str] | None = None) -> tuple[pd.
         for i, y in enumerate(lab.tolist()):
             if int(y) not in names:
                 raise DataError(f"{path}: {split}_labels[{i}] = {y} has no class name "
-                                f"(known: {names}); pass classes=")
+                                f"(known: {names}); name every label with --classes "
+                                "NAME0,NAME1,... (classes=, label i -> the i-th name)")
             rows.append({"path": f"{path}#{split}/{i}", "patient_id": None,
                          "raw_label": names[int(y)], "source": path.stem, "split": split})
     return _frame(rows), {"npz_class_names": {str(k): v for k, v in names.items()}}
@@ -271,10 +273,11 @@ def medmnist_class_names(path: Path) -> dict[int, str]:
         from medmnist import INFO  # local import: heavy, and only needed for npz sources
     except ImportError as exc:
         raise DataError(f"{path}: cannot name its classes without the `medmnist` package; "
-                        "install it or pass classes=") from exc
+                        "install it or name the labels with --classes NAME0,NAME1,... "
+                        "(classes=, label i -> the i-th name)") from exc
     if flag not in INFO:
-        raise DataError(f"{path}: '{flag}' is not a MedMNIST data set name; pass classes= "
-                        "(a tuple of names, label i -> classes[i])")
+        raise DataError(f"{path}: '{flag}' is not a MedMNIST data set name; name its labels "
+                        "with --classes NAME0,NAME1,... (classes=, label i -> the i-th name)")
     return {int(k): v for k, v in INFO[flag]["label"].items()}
 
 
