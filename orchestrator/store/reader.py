@@ -233,3 +233,8 @@ def run_images(record: SearchRecord, best: Optional[tuple[str, int]], dst: Path,
             if path.endswith(".png"):
                 out.append(_download(client, run.info.run_id, path, dst / run.info.run_id))
     return out
+
+
+def tsne_images(record: SearchRecord, best: Optional[tuple[str, int]], dst: Path) -> list[Path]:
+    """`tsne/*.png` of the parent run and the selected trial (the notebook's call)."""
+    return run_images(record, best, dst, "tsne")
