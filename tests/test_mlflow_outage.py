@@ -7,8 +7,6 @@ client that fails like MLflow's REST client does; the slow one restarts a real
 `mlflow server` under a real smoke search."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from orchestrator.store.layout import LAST_EPOCH, metric_key, trial_runs
 from orchestrator.store.retry import (OUTAGE_ENV, MlflowOutage, Outage, RetryingClient,
                                       WriteQueue, is_transient, outage_in, outage_limit)
 from orchestrator.store.writer import MlflowSearchCallback, start_parent_run
+from test_search_survives import _kill_session
 
 URI = "http://127.0.0.1:5999"
 
@@ -251,7 +250,9 @@ def test_the_callback_holds_a_trials_epochs_through_an_outage(tmp_path):
     assert callback.get_state() == {"pending": []}
 
 
-def test_a_long_outage_gives_up_naming_open_runs_and_resume_writes_what_waited(tmp_path):
+def _down_after_epoch_0(tmp_path):
+    """A search run, a callback over a client that fails on demand, trial t1's epoch 0
+    written, then the server gone and epoch 1 held."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     real = MlflowClient(uri)
     parent = start_parent_run(real, "s", {}, {})
@@ -262,6 +263,11 @@ def test_a_long_outage_gives_up_naming_open_runs_and_resume_writes_what_waited(t
     run_id = callback.run_for(trial)
     flaky.down = True
     callback.on_trial_result(1, [trial], trial, _result(1))
+    return uri, real, parent, flaky, clock, callback, trial, run_id
+
+
+def test_a_long_outage_gives_up_naming_open_runs_and_resume_writes_what_waited(tmp_path):
+    uri, real, parent, flaky, clock, callback, trial, run_id = _down_after_epoch_0(tmp_path)
     callback.on_trial_result(2, [trial], trial, _result(2))
     clock.now += 119
     callback.on_step_end(3, [trial])
@@ -291,16 +297,7 @@ def test_a_search_that_gave_up_closes_its_runs_or_names_them(tmp_path, monkeypat
     from orchestrator import pipeline
     from orchestrator.store import writer
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    real = MlflowClient(uri)
-    parent = start_parent_run(real, "s", {}, {})
-    flaky, clock = FlakyClient(real), FakeTime()
-    callback = _callback(uri, parent, flaky, clock)
-    trial = SimpleNamespace(trial_id="t1", config={}, last_result={}, status="RUNNING")
-    callback.on_trial_result(0, [trial], trial, _result(0))
-    run_id = callback.run_for(trial)
-    flaky.down = True
-    callback.on_trial_result(1, [trial], trial, _result(1))
+    uri, real, parent, flaky, clock, callback, trial, run_id = _down_after_epoch_0(tmp_path)
     clock.now += 121
     with pytest.raises(MlflowOutage) as caught:
         callback.on_step_end(2, [trial])
@@ -362,14 +359,7 @@ def _stop_session(proc: subprocess.Popen) -> None:
     """SIGKILL every process of the session of a process this test started (a search's Ray
     daemons, the server's workers), by pid."""
     if proc.poll() is None:
-        listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True)
-        for line in listing.stdout.splitlines():
-            pid, sid = (int(x) for x in line.split())
-            if sid == proc.pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _kill_session(proc.pid)
     proc.wait(timeout=30)
 
 

@@ -25,6 +25,7 @@ from orchestrator.run.lock import SearchRunning
 from orchestrator.run.tuner import InterruptWatch, watching_interrupts
 
 from test_search_e2e import env_for, mlflow_runs, search_cmd
+from test_search_survives import _kill_session
 
 
 def _write_lock(path: Path, **fields) -> dict:
@@ -286,14 +287,7 @@ def _stop_session(proc: subprocess.Popen) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        pid, sid = (int(x) for x in line.split())
-        if sid == proc.pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    _kill_session(proc.pid)
     proc.communicate()
 
 

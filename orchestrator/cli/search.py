@@ -175,8 +175,9 @@ def _budget_options(g) -> None:
                    help="evaluate every K epochs (default: the preset's)")
     g.add_argument("--keep-epochs", type=int, default=5, metavar="K",
                    help="per trial, keep the generator weights of the K best epochs by the "
-                        "(first) objective, plus the last two full training states for resume; "
-                        "every epoch's metrics and grid are kept")
+                        "(first) objective, plus the latest (the full training states for resume are "
+                        "--set state_every=K, newest two kept); every epoch's metrics and grid "
+                        "are kept")
 
 
 def _resource_options(g) -> None:
