@@ -46,9 +46,12 @@ class SearchConfig:
     data: str = "default"
     num_samples: int = 20
     max_epochs: Optional[int] = None  # None: the preset's epochs
+    max_images: Optional[int] = None  # training images per trial (GANConfig.max_images)
+    eval_every_images: Optional[int] = None  # evaluate each time this many more were seen
     max_concurrent: Optional[int] = None  # None: derived from the cluster's GPUs/CPUs
     workers_per_trial: int = 1
-    gpus_per_worker: Optional[float] = None  # None: 1 when the cluster has GPUs, else 0
+    gpus_per_worker: Optional[float] = None  # None: 1 / trials_per_gpu with GPUs, else 0
+    trials_per_gpu: str = "auto"  # "auto" or a whole number: trials sharing one GPU
     gpu_wait: float = 0.0  # seconds to wait for an autoscaling cluster to bring up GPU nodes
     searcher: str = "optuna"
     scheduler: str = "asha"
@@ -90,6 +93,10 @@ class SearchConfig:
         from orchestrator import registry  # loads the model code: not at import (fast --help)
         return registry.parse_objectives(self.objective, self.experiment)
 
+    def packing(self) -> Optional[int]:
+        """--trials-per-gpu as a number; None for auto (decided against the GPU's memory)."""
+        return None if self.trials_per_gpu == "auto" else int(self.trials_per_gpu)
+
     @property
     def is_gan(self) -> bool:
         from orchestrator import registry
@@ -101,10 +108,13 @@ def validate(cfg: SearchConfig) -> None:
     positive = {"--num-samples": cfg.num_samples, "--max-epochs": cfg.max_epochs,
                 "--max-concurrent": cfg.max_concurrent,
                 "--workers-per-trial": cfg.workers_per_trial, "--eval-every": cfg.eval_every,
-                "--keep-epochs": cfg.keep_epochs}
+                "--keep-epochs": cfg.keep_epochs, "--max-images": cfg.max_images,
+                "--eval-every-images": cfg.eval_every_images}
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    _validate_budget_in_images(cfg)
+    _validate_packing(cfg)
     if cfg.gpus_per_worker is not None and cfg.gpus_per_worker < 0:
         raise ValueError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
     objectives = cfg.objectives()
@@ -132,6 +142,24 @@ def validate(cfg: SearchConfig) -> None:
     storage = cfg.storage
     if "://" in storage and not storage.startswith(("s3://", "gs://", "file://", "abfs://")):
         raise ValueError(f"--storage {storage!r}: use a local path, s3://… or gs://…")
+
+
+def _validate_budget_in_images(cfg: SearchConfig) -> None:
+    given = [flag for flag, value in (("--max-images", cfg.max_images),
+                                      ("--eval-every-images", cfg.eval_every_images)) if value]
+    if given and cfg.experiment == "classifier":
+        raise ValueError(f"{given[0]} applies to the GAN experiments only")
+    if cfg.eval_every and cfg.eval_every_images:
+        raise ValueError("give --eval-every (epochs) or --eval-every-images, not both")
+
+
+def _validate_packing(cfg: SearchConfig) -> None:
+    value = str(cfg.trials_per_gpu)
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise ValueError(f"--trials-per-gpu must be a whole number >= 1 or 'auto', got {value!r}")
+    if value != "auto" and cfg.gpus_per_worker is not None:
+        raise ValueError("give --trials-per-gpu or --gpus-per-worker, not both "
+                         "(--trials-per-gpu N asks for 1/N GPU per worker)")
 
 
 def default_name(cfg: SearchConfig) -> str:

@@ -37,13 +37,17 @@ def _duration(seconds: float) -> str:
 
 
 class ConsoleCallback(Callback):
-    """Compact console for a search of `num_samples` trials x `epochs` epochs."""
+    """Compact console for a search of `num_samples` trials x `epochs` epochs.  With an image
+    budget (`max_images` > 0, --max-images) trials end at whichever comes first, so progress
+    and the ETA count training images (`images_seen`) instead of epochs."""
 
     def __init__(self, objective: str, mode: str, epochs: int, num_samples: int,
                  out: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-                 progress_every_s: float = 20.0):
+                 progress_every_s: float = 20.0, max_images: int = 0):
         self.objective, self.mode = objective, mode
         self.epochs, self.num_samples = max(epochs, 1), num_samples
+        self.max_images = max(int(max_images or 0), 0)
+        self.images_done: dict[str, int] = {}
         self.out = out
         self.clock = clock
         self.progress_every_s = progress_every_s
@@ -60,7 +64,9 @@ class ConsoleCallback(Callback):
 
     def __setstate__(self, state):
         """A resumed search: a new clock, and the ETA from the epochs run in this process."""
-        self.__dict__.update(state, clock=time.monotonic)
+        # a search pickled before image budgets existed has neither attribute
+        self.__dict__.update({"max_images": 0, "images_done": {}, **state,
+                              "clock": time.monotonic})
         self.start, self.last_progress = time.monotonic(), -math.inf
         self.done_at_start = self._done()
 
@@ -70,6 +76,8 @@ class ConsoleCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         epoch = int(result.get("epoch", result.get("training_iteration", 1) - 1))
         self.epochs_done[trial.trial_id] = epoch + 1
+        if _number(result.get("images_seen")) is not None:
+            self.images_done[trial.trial_id] = int(result["images_seen"])
         value = _number(result.get(self.objective))
         if value is not None and (self.best is None or
                                   (value < self.best[0] if self.mode == "min" else value > self.best[0])):
@@ -77,7 +85,7 @@ class ConsoleCallback(Callback):
         extras = "  ".join(f"{k} {_fmt(result[k])}" for k in EXTRA_KEYS if k in result)
         # Epochs are numbered from 0 on every screen (MLflow steps, tags, registry, files):
         # "epoch 2 (3/3)" is the third and last of three.
-        self._print(f"trial {trial.trial_id}  epoch {epoch} ({epoch + 1}/{self.epochs})  {self.objective} "
+        self._print(f"trial {trial.trial_id}  epoch {epoch} ({self._budget_done(trial.trial_id)})  {self.objective} "
                     f"{_fmt(result.get(self.objective))} (best {_fmt(result.get('best_' + self.objective))})"
                     f"  {extras}".rstrip())
         if self.clock() - self.last_progress >= self.progress_every_s:
@@ -95,8 +103,17 @@ class ConsoleCallback(Callback):
         if last.get("diverged") == 1.0:
             return f"diverged: {last.get('stop_reason', '')}".rstrip(": ")
         done = self.epochs_done.get(trial.trial_id, 0)
+        images = self.images_done.get(trial.trial_id, 0)
+        if self.max_images and images >= self.max_images:
+            return "finished"
         return "finished" if done >= self.epochs else (
             f"stopped by the scheduler after epoch {done - 1} ({done} of {self.epochs} epochs)")
+
+    def _budget_done(self, trial_id: str) -> str:
+        """`3/3` epochs, or with an image budget `96000/100000 images`."""
+        if self.max_images:
+            return f"{self.images_done.get(trial_id, 0)}/{self.max_images} images"
+        return f"{self.epochs_done.get(trial_id, 0)}/{self.epochs}"
 
     def _ended(self, trial, how: str) -> None:
         self.ended[trial.trial_id] = how
@@ -106,8 +123,8 @@ class ConsoleCallback(Callback):
     def progress(self) -> str:
         """`[#####-----] 12/40 epochs, 1/4 trials ended, 2m10s, ETA 6m30s; best fid 3.1 (trial
         t, epoch 2)`.  The ETA assumes the remaining trials run the full budget (ASHA stops
-        make it shorter)."""
-        total = self.num_samples * self.epochs
+        make it shorter).  With an image budget the units are images."""
+        total = self.num_samples * self._per_trial()
         done = self._done()
         self.last_progress = self.clock()
         elapsed = self.last_progress - self.start
@@ -116,12 +133,20 @@ class ConsoleCallback(Callback):
         bar = "#" * round(20 * done / total) + "-" * (20 - round(20 * done / total))
         best = (f"; best {self.objective} {self.best[0]:.4g} (trial {self.best[1]}, epoch "
                 f"{self.best[2]})" if self.best else "")
-        return (f"[{bar}] {done}/{total} epochs, {len(self.ended)}/{self.num_samples} trials "
+        return (f"[{bar}] {done}/{total} {self._unit()}, {len(self.ended)}/{self.num_samples} trials "
                 f"ended, {_duration(elapsed)}" + (f", ETA {_duration(eta)}" if ran > 0 else "")
                 + best)
 
+    def _per_trial(self) -> int:
+        return self.max_images or self.epochs
+
+    def _unit(self) -> str:
+        return "images" if self.max_images else "epochs"
+
     def _done(self) -> int:
-        """Epochs run, counting an ended trial as its whole budget (it will run no more)."""
-        done = sum(self.epochs if t in self.ended else self.epochs_done.get(t, 0)
+        """Epochs (images) run, counting an ended trial as its whole budget (it will run no
+        more)."""
+        ran = self.images_done if self.max_images else self.epochs_done
+        done = sum(self._per_trial() if t in self.ended else min(ran.get(t, 0), self._per_trial())
                    for t in set(self.epochs_done) | set(self.ended))
-        return min(done, self.num_samples * self.epochs)
+        return min(done, self.num_samples * self._per_trial())

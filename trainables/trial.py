@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from trainables import gpu_memory
 from trainables.classifier import train_classifier
 from trainables.classifier.config import ClassifierConfig
 from trainables.context import RunContext
@@ -41,6 +42,12 @@ class Placement:
     cpus_per_worker: float = 1.0
     max_concurrent: Optional[int] = None
     driver_resource: str = ""
+    trials_per_gpu: int = 1  # trials (DDP: workers) sharing one GPU; gpus_per_worker is 1/N
+
+    @property
+    def shares_gpu(self) -> bool:
+        """Whether other trials may run on this trial's GPU (then it checks free memory)."""
+        return self.use_gpu and self.gpus_per_worker < 1
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,10 @@ def load_selection(settings: TrialSettings, resolution: int, channels: int):
 def run_gan_trial(config: dict, settings: TrialSettings, ctx: RunContext) -> list[dict]:
     cfg = GANConfig.from_dict({**settings.base, **config})
     train, val = load_selection(settings, cfg.resolution, cfg.channels)
+    if ctx.device.type == "cuda" and settings.placement.shares_gpu:
+        # Ray's fractional GPUs share memory: fail this trial alone, before it allocates,
+        # rather than an OOM in its neighbours.
+        gpu_memory.require(ctx.device, gpu_memory.trial_estimate_mib(cfg, len(train.classes)))
     evaluator = build_gan_evaluator(cfg, settings, ctx, train, val) if ctx.is_main else None
     if evaluator is not None:
         ctx = with_protocol(ctx, evaluator)

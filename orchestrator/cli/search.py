@@ -168,16 +168,32 @@ def _budget_options(g) -> None:
                    help="tiny budget that runs on a 2-core CPU in minutes (32 px, few trials)")
     g.add_argument("--num-samples", type=int, metavar="N", help="number of trials (default 20; smoke 4)")
     g.add_argument("--max-epochs", type=int, metavar="N", help="epochs per trial (default: the preset's)")
+    g.add_argument("--max-images", type=image_count, metavar="N",
+                   help="training images per trial (e.g. 2e6): a trial ends at N images or its "
+                        "epochs, whichever comes first, and ASHA decides at image counts, so a "
+                        "search costs the same on 1k and 30k training images (default: no image "
+                        "budget, epochs decide)")
     g.add_argument("--eval-metrics", metavar="LIST",
                    help="comma-separated per-epoch evaluation metrics "
                         "(fid,kid,intra_fid,is,cas,visual,memorisation); default depends on --smoke")
     g.add_argument("--eval-every", type=int, metavar="K",
                    help="evaluate every K epochs (default: the preset's)")
+    g.add_argument("--eval-every-images", type=image_count, metavar="N",
+                   help="evaluate each time another N training images were seen, instead of "
+                        "every K epochs (and at a trial's last epoch)")
     g.add_argument("--keep-epochs", type=int, default=5, metavar="K",
                    help="per trial, keep the generator weights of the K best epochs by the "
                         "(first) objective, plus the latest (the full training states for resume are "
                         "--set state_every=K, newest two kept); every epoch's metrics and grid "
                         "are kept")
+
+
+def image_count(text: str) -> int:
+    """A whole number of images, also written 2e6 or 2_000_000."""
+    value = float(text.replace("_", ""))
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
 
 
 def _resource_options(g) -> None:
@@ -186,7 +202,14 @@ def _resource_options(g) -> None:
     g.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
                    help="Ray Train workers (DDP processes) per trial")
     g.add_argument("--gpus-per-worker", type=float, metavar="GPUS",
-                   help="GPUs per worker (default 1 if the cluster has GPUs, else 0)")
+                   help="GPUs per worker (default 1/N with --trials-per-gpu N if the cluster has "
+                        "GPUs, else 0)")
+    g.add_argument("--trials-per-gpu", default="auto", metavar="N|auto",
+                   help="trials sharing one GPU (each trial, or each DDP worker, asks Ray for "
+                        "1/N GPU); auto: as many as fit in 80%% of the visible GPU's free "
+                        "memory by the trial's estimate, at most 8 (1 without a visible GPU "
+                        "or with --workers-per-trial > 1); a trial that finds too little "
+                        "free GPU memory fails with that reason")
     g.add_argument("--gpu-wait", type=float, default=0.0, metavar="SECONDS",
                    help="on an autoscaling cluster (`ray up cluster.yaml`, GPU nodes scale "
                         "from zero): ask the autoscaler for the GPUs a trial needs and wait up "

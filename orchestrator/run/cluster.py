@@ -1,7 +1,9 @@
 """The Ray cluster a search runs on: joining it, checking its storage, waiting for an
-autoscaler's GPUs, and placing trials (GPUs and workers per trial, concurrency)."""
+autoscaler's GPUs, and placing trials (GPUs and workers per trial, trials per GPU,
+concurrency)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -11,9 +13,15 @@ import ray
 from ray.autoscaler.sdk import request_resources
 
 from orchestrator.config import ConfigError, SearchConfig
+from trainables import gpu_memory
 from trainables.trial import Placement
 
 WaitForGpus = Callable[[float, int, float], float]
+FreeGpuMib = Callable[[], Optional[float]]
+# --trials-per-gpu auto counts G and D for this many classes before the data is read (the
+# class count moves the estimate little: embeddings and class heads; the trial checks with
+# its real classes).
+AUTO_CLASSES = 3
 # The custom resource cluster.yaml gives the head node only (`resources: {cxr_driver: ...}`).
 DRIVER_RESOURCE = "cxr_driver"
 
@@ -55,12 +63,16 @@ def wait_for_gpus(per_worker: float, workers: int, timeout_s: float) -> float:
         request_resources(bundles=[])
 
 
-def place(cfg: SearchConfig, resources: dict,
-          wait: Optional[WaitForGpus] = None) -> Placement:
+def place(cfg: SearchConfig, resources: dict, wait: Optional[WaitForGpus] = None,
+          free_gpu_mib: FreeGpuMib = gpu_memory.visible_free_mib) -> Placement:
     """GPUs and workers per trial, checked against what the cluster has (or, with
-    --gpu-wait, what an autoscaling cluster brings up via `wait`)."""
+    --gpu-wait, what an autoscaling cluster brings up via `wait`).  With GPUs and no
+    --gpus-per-worker, each worker asks for 1/N GPU, N = --trials-per-gpu (see
+    `trials_per_gpu`), and CPUs per worker shrink (fractionally) until N per GPU fit."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
-    per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+    packed = trials_per_gpu(cfg, gpus, free_gpu_mib) if gpus else 1
+    per_worker = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (
+        gpu_share(packed) if gpus else 0.0)
     need = per_worker * cfg.workers_per_trial
     autoscaling = need > gpus and cfg.gpu_wait > 0 and wait is not None
     if autoscaling:
@@ -76,12 +88,52 @@ def place(cfg: SearchConfig, resources: dict,
     execution = _execution(cfg, per_worker)
     # With a Train trial the trial actor itself only coordinates: a sliver of a CPU.
     cpus_per_worker = 0.99 if execution == "train" and cpus <= 2 else 1.0
+    if per_worker > 0 and not autoscaling:
+        cpus_per_worker = cpu_share(cpus_per_worker, cpus, gpus / per_worker, execution)
     return Placement(execution=execution, workers_per_trial=cfg.workers_per_trial,
                      use_gpu=per_worker > 0, gpus_per_worker=per_worker,
-                     cpus_per_worker=cpus_per_worker,
+                     cpus_per_worker=cpus_per_worker, trials_per_gpu=packed,
                      driver_resource=DRIVER_RESOURCE if resources.get(DRIVER_RESOURCE) else "",
                      max_concurrent=_concurrency(cfg, autoscaling, gpus, cpus, need,
                                                  cpus_per_worker))
+
+
+def trials_per_gpu(cfg: SearchConfig, gpus: float, free_gpu_mib: FreeGpuMib) -> int:
+    """--trials-per-gpu N, or for auto: N = clamp(floor(free MiB x 0.8 / per-trial MiB), 1, 8)
+    with the free memory of the GPU this driver sees and `trainables.gpu_memory`'s estimate
+    for the search's base config (parameters of G and D x 16 B + activations at the batch
+    size + 1 GiB).  auto is 1 without a visible CUDA device (a head node without GPUs), for
+    DDP trials (two ranks on one GPU break NCCL) and for the classifier."""
+    if cfg.packing() is not None:
+        return cfg.packing()
+    if not gpus or cfg.gpus_per_worker is not None or cfg.workers_per_trial > 1 or not cfg.is_gan:
+        return 1
+    free = free_gpu_mib()
+    if not free:
+        return 1
+    from orchestrator.run.settings import gan_base_config
+    from trainables.gan import GANConfig
+
+    need = gpu_memory.trial_estimate_mib(GANConfig.from_dict(gan_base_config(cfg)), AUTO_CLASSES)
+    packed = gpu_memory.trials_per_gpu(free, need)
+    print(f"--trials-per-gpu auto: {packed} ({free:.0f} MiB free on the visible GPU, "
+          f"~{need} MiB per trial)", file=sys.stderr)
+    return packed
+
+
+def gpu_share(trials: int) -> float:
+    """1/N GPU, rounded down to Ray's resource precision (1e-4) so that N fit on one GPU."""
+    return math.floor(10_000 / trials) / 10_000
+
+
+def cpu_share(default: float, cpus: float, gpu_slots: float, execution: str) -> float:
+    """CPUs per worker so that every worker the GPUs hold (`gpu_slots`) can run at once:
+    `default`, or the cluster's CPUs split among the slots when they are fewer (Ray takes
+    fractional CPUs).  Train trials leave a sliver per slot for their coordinating actor."""
+    share = math.floor(cpus / max(gpu_slots, 1) * 100) / 100
+    if execution == "train":
+        share -= 0.01
+    return max(0.01, min(default, round(share, 2)))
 
 
 def _concurrency(cfg: SearchConfig, autoscaling: bool, gpus: float, cpus: float, need: float,
@@ -93,8 +145,10 @@ def _concurrency(cfg: SearchConfig, autoscaling: bool, gpus: float, cpus: float,
         # trials make its stops depend on which process finished an epoch first. The smoke
         # run is a check anyone reruns: one trial at a time gives the same stops every time.
         return 1
+    # floor(x + 1e-9): 1 GPU / 0.25 is 4 trials, whatever the float rounding
     return cfg.max_concurrent or max(
-        1, int(gpus // need) if need else int(cpus // (cpus_per_worker * cfg.workers_per_trial)))
+        1, math.floor(gpus / need + 1e-9) if need else
+        math.floor(cpus / (cpus_per_worker * cfg.workers_per_trial) + 1e-9))
 
 
 def _execution(cfg: SearchConfig, per_worker: float) -> str:

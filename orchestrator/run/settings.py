@@ -36,6 +36,12 @@ def gan_base_config(cfg: SearchConfig) -> dict:
             base["epochs"] = cfg.max_epochs
         if cfg.eval_every:
             base["eval_every"] = cfg.eval_every
+        # --max-images / --eval-every-images are the GANConfig keys `--set` also reaches: the
+        # trial stops on them, the tuner's ASHA counts images_seen when max_images is set.
+        if cfg.max_images:
+            base["max_images"] = cfg.max_images
+        if cfg.eval_every_images:
+            base["eval_every_images"] = cfg.eval_every_images
         if cfg.scheduler == "pbt":  # a full state at each exploit point (tuner's interval)
             base["state_every"] = max(1, int(base.get("epochs", 100)) // 4)
         base.update(parse_overrides(cfg.overrides))
