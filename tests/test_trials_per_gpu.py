@@ -188,7 +188,9 @@ def test_four_trials_share_one_gpu_at_once(tmp_path, covid3_dir, monkeypatch):
     from orchestrator import pipeline
 
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # RAY_AUTH_MODE left as the other in-process searches leave it: Ray keeps the first
+    # init's auth mode for the whole process, and a second init in another mode has every
+    # actor creation refused ("Actor may be already destroyed").
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False)  # stopped by ray.shutdown below
     try:
         uri = f"sqlite:///{tmp_path}/mlflow.db"

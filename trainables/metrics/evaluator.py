@@ -89,6 +89,7 @@ class GanEvaluator:
         self.cas_z, self.cas_labels = fixed_inputs(len(real), latent_dim, real.labels, seed + 1,
                                                    latent_dist)
         self.cache = StatsCache(cache_dir)
+        self._real_stats_loaded: dict[str, np.ndarray] | None = None  # read once, not per epoch
         self.protocol: dict = {"n_real": len(real), "n_fake": self.n_fake, "seed": seed,
                                "real_split": real.split, "real_fingerprint": real.fingerprint,
                                "resolution": int(real.images.shape[1]), "latent": latent_dist,
@@ -129,6 +130,11 @@ class GanEvaluator:
         return ex
 
     def _real_stats(self) -> dict[str, np.ndarray]:
+        if self._real_stats_loaded is None:
+            self._real_stats_loaded = self._load_real_stats()
+        return self._real_stats_loaded
+
+    def _load_real_stats(self) -> dict[str, np.ndarray]:
         ex = self.extractor
         key = stats_key(fingerprint=self.real.fingerprint, split=self.real.split,
                         resolution=int(self.real.images.shape[1]), extractor=ex.name,
