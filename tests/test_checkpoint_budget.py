@@ -20,7 +20,8 @@ from ddp_harness import run_two_gloo_workers
 from trainables.context import standalone_context
 from trainables.data import load_image_set
 from trainables.gan import GANConfig, train_gan
-from trainables.gan.checkpoint import (RESUME_FILE, STATE_FORMAT, StateStore, resume_state)
+from trainables.gan.checkpoint import (RESUME_FILE, STATE_FORMAT, STATE_SEAL, StateStore,
+                                       resume_state)
 from trainables.trial import TrialSettings, run_gan_trial
 
 TINY = dict(family="acgan", resolution=32, channels=1, width=0.0625, batch_size=16,
@@ -119,12 +120,32 @@ def test_a_corrupt_newest_state_falls_back_to_the_previous(four_epochs, covid3_s
     assert _states(run) == [1, 3]  # the torn one rewritten
 
 
+def test_a_state_altered_after_it_was_written_fails_its_seal_and_falls_back(
+        four_epochs, covid3_small, tmp_path):
+    """A state.pt that torch reads without complaint but that is not the file written (here:
+    epoch 1's state copied over epoch 3's) is caught by its size/sha256 seal; the fallback is
+    on the trial's record, not only a warning."""
+    run = tmp_path / "run"
+    shutil.copytree(four_epochs[0], run)
+    seal = json.loads((run / "epoch_0003" / STATE_SEAL).read_text())
+    assert seal["bytes"] == (run / "epoch_0003" / "state.pt").stat().st_size
+    shutil.copy(run / "epoch_0001" / "state.pt", run / "epoch_0003" / "state.pt")
+    with pytest.warns(RuntimeWarning, match="sha256 differs|bytes"):
+        resumed = train_gan(GANConfig(**TINY, epochs=4, state_every=2), covid3_small,
+                            standalone_context(run, device="cpu", resume_dir=run / "epoch_0003"))
+    assert [r["epoch"] for r in resumed] == [2, 3]
+    assert "epoch_0003" in resumed[0]["resume_warning"]
+    assert "resume_warning" not in resumed[1]
+    assert resumed[-1]["g_loss"] == four_epochs[1][-1]["g_loss"]
+
+
 def test_no_full_state_at_or_before_the_epoch_starts_over(four_epochs, covid3_small, tmp_path):
     shutil.copytree(four_epochs[0] / "epoch_0000", tmp_path / "run" / "epoch_0000")
-    with pytest.warns(RuntimeWarning, match="training from epoch 0"):
+    with pytest.warns(RuntimeWarning, match="starts over from epoch 0"):
         again = train_gan(GANConfig(**TINY, epochs=1), covid3_small, standalone_context(
             tmp_path / "new", device="cpu", resume_dir=tmp_path / "run" / "epoch_0000"))
     assert [r["epoch"] for r in again] == [0]
+    assert "starts over from epoch 0" in again[0]["resume_warning"]  # on the trial's record
 
 
 def test_the_store_keeps_two_drops_abandoned_epochs_and_reads_a_ray_layout(tmp_path):

@@ -132,6 +132,10 @@ class RowView:
     def ndim(self) -> int:
         return self.base.ndim
 
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.base[:1].nbytes  # what a copy of these rows would take
+
     def __len__(self) -> int:
         return len(self.rows)
 

@@ -6,10 +6,14 @@ types (RNG states included).
 Every epoch folder holds `generator.pt` (what ranking and registration read), the grid and
 `resume.json`; the full training state `state.pt` (G, D, both optimisers: ~140 MB at S0's
 size) is written only every `GANConfig.state_every` epochs, at the last and at a stop, into a
-`StateStore` that keeps the newest two.  Resume from any epoch folder goes through
-`resume_state`: the newest full state no later than that epoch."""
+`StateStore` that keeps the newest two, each with `state.json` beside it (format, bytes,
+sha256): a state whose bytes do not match is corrupt and resume falls back to the one before
+it.  Resume from any epoch folder goes through `resume_state`: the newest full state no later
+than that epoch.  Before each write the free space is checked (`trainables.disk`)."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import pickle
@@ -25,11 +29,13 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from trainables.atomic import atomic_path
+from trainables import disk
+from trainables.atomic import atomic_path, write_bytes_atomic
 from trainables.gan.build import build_generator
 from trainables.gan.config import GANConfig
 
 STATE_FILE, GENERATOR_FILE = "state.pt", "generator.pt"
+STATE_SEAL = "state.json"    # beside each state.pt: its format, size and sha256
 STATE_FORMAT, GENERATOR_FORMAT = "cxr-gan-state/1", "cxr-gan-generator/1"
 RESUME_FILE = "resume.json"  # in every epoch folder: {"epoch": e, "state_epoch": newest state}
 STATES_DIR = "states"        # a Ray trial's full states, beside its checkpoint folders
@@ -41,8 +47,11 @@ _UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.Unp
 
 
 def atomic_save(obj: Any, path: Path | str) -> Path:
-    """torch.save to a temporary file beside `path`, then os.replace (never a torn file)."""
-    with atomic_path(path) as tmp:
+    """torch.save to a temporary file beside `path`, then os.replace (never a torn file);
+    the free space is checked first and a full disk raises `disk.DiskFull` naming `path`."""
+    need = disk.nbytes(obj)
+    disk.require([Path(path).parent], need)
+    with disk.translating(Path(path).parent, need), atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
 
@@ -125,6 +134,20 @@ def _load_state(source: Path | io.BytesIO, where: str) -> dict[str, Any]:
     return ck
 
 
+class CorruptState(ValueError):
+    """A state file whose bytes are not the ones written (truncated, altered)."""
+
+
+def _check_seal(data: bytes, seal: Optional[dict], where: str) -> None:
+    if seal is None:
+        return
+    if len(data) != seal.get("bytes"):
+        raise CorruptState(f"{where} has {len(data)} bytes, {seal.get('bytes')} were written "
+                           "(truncated or altered)")
+    if hashlib.sha256(data).hexdigest() != seal.get("sha256"):
+        raise CorruptState(f"{where}: sha256 differs from the one written (altered)")
+
+
 class StateStore:
     """The full training states of one run, `<root>/epoch_XXXX/state.pt` on a pyarrow file
     system (local, s3://, gs://), at most `keep` of them.
@@ -156,6 +179,12 @@ class StateStore:
     def _local(self) -> bool:
         return self.filesystem.type_name == "local"
 
+    @property
+    def local_root(self) -> Optional[Path]:
+        """The store's folder when it is on this machine's disk (its free space is ours to
+        check), else None."""
+        return Path(self.root) if self._local else None
+
     def epochs(self) -> list[int]:
         """The epochs that have a state here, oldest first."""
         entries = self.filesystem.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
@@ -169,16 +198,23 @@ class StateStore:
         (default: the store's), and any later epoch's (a line a resume abandoned)."""
         path = self.path(epoch)
         folder = path.rpartition("/")[0]
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
+        seal = json.dumps({"format": STATE_FORMAT, "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}).encode()
         if self._local:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            atomic_save(state, path)
+            disk.require([folder], len(data))
+            with disk.translating(folder, len(data)):
+                write_bytes_atomic(path, data)
+                write_bytes_atomic(f"{folder}/{STATE_SEAL}", seal)
         else:
             # An object store shows an object only once its upload completed: atomic as is.
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
             self.filesystem.create_dir(folder)
-            with self.filesystem.open_output_stream(path) as out:
-                out.write(buffer.getbuffer())
+            for name, payload in ((path, data), (f"{folder}/{STATE_SEAL}", seal)):
+                with self.filesystem.open_output_stream(name) as out:
+                    out.write(payload)
         epochs = self.epochs()
         older = [e for e in epochs if e < epoch]
         keep = self.keep if keep is None else keep
@@ -188,18 +224,29 @@ class StateStore:
 
     def _remove(self, epoch: int) -> None:
         path = self.path(epoch)
-        self.filesystem.delete_file(path)
         folder = path.rpartition("/")[0]
+        self.filesystem.delete_file(path)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.filesystem.delete_file(f"{folder}/{STATE_SEAL}")
         if not self.filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
             self.filesystem.delete_dir(folder)  # the store's own folder; an epoch folder of a
                                                 # standalone run still holds its generator
 
     def load(self, epoch: int) -> dict[str, Any]:
+        """Epoch `epoch`'s state, its bytes checked against the seal beside it (a state
+        written before seals existed is checked by its format only)."""
         path = self.path(epoch)
-        if self._local:
-            return _load_state(Path(path), path)
         with self.filesystem.open_input_file(path) as handle:
-            return _load_state(io.BytesIO(handle.read()), path)
+            data = handle.read()
+        _check_seal(data, self._read_seal(path), path)
+        return _load_state(io.BytesIO(data), path)
+
+    def _read_seal(self, path: str) -> Optional[dict]:
+        try:
+            with self.filesystem.open_input_file(f"{path.rpartition('/')[0]}/{STATE_SEAL}") as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
 
     def load_newest(self, at_most: Optional[int] = None) -> Optional[dict[str, Any]]:
         """The newest readable state no later than epoch `at_most`; an unreadable one (torn,
@@ -247,7 +294,10 @@ def resume_state(checkpoint_dir: Path, states: Optional[StateStore] = None
     own = checkpoint_dir / STATE_FILE
     if own.is_file():
         try:
-            return _load_state(own, str(own))
+            data = own.read_bytes()
+            seal = checkpoint_dir / STATE_SEAL
+            _check_seal(data, json.loads(seal.read_text()) if seal.is_file() else None, str(own))
+            return _load_state(io.BytesIO(data), str(own))
         except _UNREADABLE as exc:
             warnings.warn(f"unreadable training state {own} ({exc}); trying the one before it",
                           RuntimeWarning, stacklevel=2)

@@ -6,7 +6,7 @@ import itertools
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from trainables import disk
 from trainables.context import RunContext
 from trainables.data import to_tensor
 from trainables.data.augment import PositionalAugment
@@ -166,13 +167,10 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     sched_g, sched_d = build_scheduler(cfg, opt_g), build_scheduler(cfg, opt_d)
     guard = DivergenceGuard.for_config(cfg)
     start_epoch, iteration = 0, 0
-    resumed = resume_state(ctx.resume_dir, ctx.resume_states) if ctx.resume_dir else None
+    resumed, resume_note = _load_resume(ctx)
     if resumed is not None:
         start_epoch, iteration = _resume(resumed, cfg, classes, G, D, opt_g, opt_d,
                                          sched_g, sched_d, guard)
-    elif ctx.resume_dir is not None:
-        warnings.warn(f"{ctx.resume_dir}: no full training state at or before its epoch; "
-                      "training from epoch 0", RuntimeWarning, stacklevel=2)
     states = ctx.states or StateStore(ctx.run_dir)
     state_epoch = None
     if resumed is not None and ctx.is_main:
@@ -222,7 +220,12 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         full = (epoch + 1) % cfg.state_every == 0 or last or bool(reason)
         full = ctx.about_to_stop() or full  # every rank calls it, every epoch
         epoch_dir = None
+        if resume_note:  # a fallback or a fresh start after a resume: on the trial's record
+            m["resume_warning"], resume_note = resume_note, None
         if ctx.is_main:
+            # Before anything of this epoch is written: stop on a full disk with a reason
+            # (and a reserve left for Ray's own files), not half-way with torn files.
+            _require_space(ctx, states, G, D, full)
             epoch_dir = Path(ctx.run_dir) / f"epoch_{epoch:04d}"
             epoch_dir.mkdir(parents=True, exist_ok=True)
             save_grid(samples, epoch_dir / "grid.png", per_row=cfg.grid_per_class,
@@ -243,11 +246,48 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
                     state_epoch = epoch
                 save_generator(epoch_dir, G, cfg, classes, cls_idx)
                 write_resume_note(epoch_dir, epoch, state_epoch)
-        ctx.report(m, epoch_dir)
+        with disk.translating(states.local_root or ctx.run_dir):  # Ray copies epoch_dir there
+            ctx.report(m, epoch_dir)
         reports.append(m)
         if reason or last:
             break
     return reports
+
+
+def _load_resume(ctx: RunContext) -> tuple[Optional[dict], Optional[str]]:
+    """(the full state to resume from or None, what went wrong on the way or None).  A
+    corrupt newest state falls back to the one before it; when none is usable the run starts
+    over from epoch 0.  Either is said (as a warning and in the first report's
+    `resume_warning`), never silent."""
+    if ctx.resume_dir is None:
+        return None, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = resume_state(ctx.resume_dir, ctx.resume_states)
+        except ValueError as exc:  # states exist, none readable
+            state = None
+            warnings.warn(f"{exc}; training starts over from epoch 0", RuntimeWarning)
+        else:
+            if state is None:
+                warnings.warn(f"{ctx.resume_dir}: no full training state at or before its "
+                              "epoch; training starts over from epoch 0", RuntimeWarning)
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    return state, "; ".join(notes) or None
+
+
+def _require_space(ctx: RunContext, states: StateStore, G: nn.Module, D: nn.Module,
+                   full: bool) -> None:
+    """Free space for this epoch's writes: the generator (in the run folder, then copied
+    into the trial's storage) and, on a full-state epoch, G + D with both optimisers' moments
+    (~3x their weights)."""
+    gen = disk.nbytes(G.state_dict())
+    state = 3 * (gen + disk.nbytes(D.state_dict())) if full else 0
+    disk.require([ctx.run_dir], gen)
+    if states.local_root is not None:
+        disk.require([states.local_root.parent], gen + state)
 
 
 def images_seen(iteration: int, cfg: GANConfig, world_size: int) -> int:
