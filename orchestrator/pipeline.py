@@ -18,6 +18,7 @@ from orchestrator.run import cluster, lock, preflight
 from orchestrator.run.settings import trial_settings
 from orchestrator.run.tuner import build_tuner, watching_interrupts
 from orchestrator.store import layout, retry, writer
+from trainables import disk
 from trainables.trial import TrialSettings
 
 
@@ -68,6 +69,9 @@ def _run_locked(cfg: SearchConfig, storage: str):
         outage = retry.outage_in(exc, cfg.mlflow_uri)
         if outage is not None:  # one line, not the chain of MLflow's and Tune's tracebacks
             raise ConfigError(_end_outage(cfg, client, parent, outage)) from None
+        full = disk.found_in(exc)
+        if full is not None:
+            raise ConfigError(_end_disk_full(cfg, client, parent, full)) from None
         _record_failure(client, parent, exc, "FAILED")
         raise
     except BaseException as exc:
@@ -146,6 +150,25 @@ def _end_outage(cfg: SearchConfig, client, parent: str, outage: retry.MlflowOuta
                 f"{runs} stay RUNNING there. `{command}` continues the search and closes them")
     return (f"{outage}. Search {cfg.name!r} stopped: its MLflow run FAILED, {len(stopped)} "
             f"running trial run(s) KILLED. `{command}` continues it")
+
+
+def _end_disk_full(cfg: SearchConfig, client, parent: str, full: OSError) -> str:
+    """The one line of a search stopped by a full disk (`orchestrator.run.tuner.DiskWatch`,
+    or a write of the driver's own): the search run FAILED with the reason, its running
+    trials KILLED (reopened by --resume, which continues them from their last complete
+    checkpoint).  A tracking store on the full disk may refuse even that: then the runs
+    left RUNNING are said."""
+    reason = str(full) if isinstance(full, disk.DiskFull) else f"disk full: {full}"
+    command = resume_command(cfg)
+    try:
+        stopped = writer.end_interrupted(client.within(CLEANUP_WAIT_S), cfg.name, parent,
+                                         command, reason=reason, status="FAILED",
+                                         trial_reason=writer.TRIAL_DISK_FULL)
+    except Exception:
+        return (f"{reason}. Search {cfg.name!r} stopped; MLflow could not record it, so its "
+                f"runs stay RUNNING until `{command}` continues it")
+    return (f"{reason}. Search {cfg.name!r} stopped: its MLflow run FAILED, {len(stopped)} "
+            f"running trial run(s) KILLED. Free space, then `{command}` continues it")
 
 
 def resume_command(cfg: SearchConfig) -> str:
@@ -249,7 +272,8 @@ def _parent_params(cfg: SearchConfig, settings: TrialSettings) -> dict:
         "policy": cfg.policy, "num_samples": cfg.num_samples, "smoke": cfg.smoke,
         "max_memorised": cfg.max_memorised,
         "execution": placement.execution, "workers_per_trial": cfg.workers_per_trial,
-        "gpus_per_worker": placement.gpus_per_worker, "seed": cfg.seed,
+        "gpus_per_worker": placement.gpus_per_worker,
+        "trials_per_gpu": placement.trials_per_gpu, "seed": cfg.seed,
         "search_space_module": space_file.name,
         **{f"data_options.{k}": v for k, v in settings.data_options.items()},
         **{f"base.{k}": v for k, v in (settings.base if settings.is_gan else {}).items()},

@@ -210,6 +210,7 @@ def test_four_trials_share_one_gpu_at_once(tmp_path, covid3_dir, monkeypatch):
         trials = [r for r in runs if r.data.tags.get("cxr.role") == "trial"]
         (parent,) = [r for r in runs if r.data.tags.get("cxr.role") == "search"]
         assert len(trials) == 4 and parent.data.params["gpus_per_worker"] == "0.25"
+        assert parent.data.params["trials_per_gpu"] == "4"
         intervals = [(r.info.start_time, r.info.end_time) for r in trials]
         assert max(s for s, _ in intervals) < min(e for _, e in intervals), intervals
     finally:

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.config import ConfigError
+from trainables import disk
 from trainables.data import DataError, bundle
 from trainables.data.default import resolve_default
 from trainables.gan.families import FAMILIES
@@ -83,7 +84,11 @@ def publish_data(settings: TrialSettings, storage: str) -> TrialSettings:
     resolution, channels = settings.resolution_channels
     fit, val = load_selection(settings, resolution, channels)  # the decoded cache: no decoding
     try:
+        if "://" not in storage:  # the bundle is the search's first big write
+            disk.require([storage], sum(x.images.nbytes for x in (fit, val)))
         uri = bundle.publish(fit, val, storage)
+    except disk.DiskFull as exc:
+        raise ConfigError(f"--storage {storage!r}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"--storage {storage!r}: cannot publish the search's data there "
                           f"({type(exc).__name__}: {exc}); every trial reads its images from "
@@ -100,6 +105,18 @@ def check_storage(storage: str) -> None:
         storage = "ray_results"
     writable_folder(Path(storage), "--storage", "pass --storage PATH to a folder you can "
                     "write, or s3://BUCKET/… on a cluster")
+    enough_free(Path(storage), "--storage")
+
+
+def enough_free(folder: Path, flag: str) -> None:
+    """At least the reserve free (`trainables.disk`): a search on a full disk stops at its
+    first checkpoint; better to say so before Ray starts."""
+    try:
+        disk.require([folder], 0)
+    except disk.DiskFull as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    except ValueError as exc:  # a bad $CXR_MIN_FREE_MB
+        raise ConfigError(str(exc)) from None
 
 
 def check_tracking_store(uri: str) -> None:
@@ -110,6 +127,7 @@ def check_tracking_store(uri: str) -> None:
     db = Path(uri[len("sqlite:///"):])
     fix = "pass --mlflow-uri sqlite:///PATH/mlflow.db in a folder you can write"
     writable_folder(db.parent, "--mlflow-uri", fix)
+    enough_free(db.parent, "--mlflow-uri")
     if db.exists() and not os.access(db, os.W_OK):
         raise ConfigError(f"--mlflow-uri {uri!r}: {db} is read-only; {fix}")
 

@@ -20,6 +20,8 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator import registry
 from orchestrator.config import ConfigError, SearchConfig
 from orchestrator.console import ConsoleCallback
+from orchestrator.store.writer import error_line
+from trainables import disk
 from trainables.ray_glue import checkpoints_kept, trial, trial_resources
 from trainables.trial import TrialSettings, best_key
 
@@ -58,9 +60,12 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
         # gets the first objective instead).
         **({"metric": metric, "mode": mode} if len(objectives) == 1 else {}),
     )
-    console = ConsoleCallback(cfg.objectives()[0][0], mode, settings.epochs, cfg.num_samples)
+    console = ConsoleCallback(cfg.objectives()[0][0], mode, settings.epochs, cfg.num_samples,
+                              max_images=int(settings.base.get("max_images") or 0))
     run_config = tune.RunConfig(
-        name=cfg.name, storage_path=storage, callbacks=[callback, console, InterruptWatch()],
+        name=cfg.name, storage_path=storage,
+        callbacks=[callback, console, InterruptWatch(),
+                   DiskWatch(watched_folders(storage, cfg.mlflow_uri))],
         failure_config=tune.FailureConfig(max_failures=2),
         checkpoint_config=tune.CheckpointConfig(**checkpoints_kept(settings)),
         verbose=0,  # Ray's status tables off: `console` prints one line per trial epoch
@@ -200,6 +205,44 @@ class InterruptWatch(Callback):
                 raise KeyboardInterrupt
 
         signal.signal(signal.SIGINT, note)
+
+
+def watched_folders(storage: str, mlflow_uri: str) -> list[str]:
+    """The local folders a search writes to: its --storage and a sqlite MLflow store's."""
+    folders = [] if "://" in storage else [storage]
+    if mlflow_uri.startswith("sqlite:///"):
+        folders.append(str(Path(mlflow_uri[len("sqlite:///"):]).parent))
+    return folders
+
+
+class DiskWatch(Callback):
+    """Ends the search when its disk is full, before Ray's own writes start failing.
+
+    A trial stops with `trainables.disk.DiskFull` before a checkpoint that would leave less
+    than the reserve free; Tune would retry it into the same wall and start the next trial,
+    so the first such error (on retry or for good) ends the search here.  The search's own
+    folders are checked after every step too (MLflow artefacts, another program).  Raised
+    from a callback, the error leaves `tuner.fit()` with Tune's state as of the last step
+    (written every step): the driver ends the search FAILED, and `--resume` continues the
+    interrupted trials from their last complete checkpoint."""
+
+    def __init__(self, folders: list[str]):
+        self.folders = folders
+
+    def on_step_end(self, iteration, trials, **info):
+        disk.require(self.folders, 0)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    @staticmethod
+    def _check(trial) -> None:
+        line = error_line(trial)
+        if disk.mentions_disk_full(line):
+            raise disk.DiskFull("", 0, 0, message=f"trial {trial.trial_id}: {line}")
 
 
 class _NoRestoreHint(logging.Filter):

@@ -61,16 +61,19 @@ RESUME_COMMAND = "cxr.resume_command"
 _TRIAL_INTERRUPTED = f"{INTERRUPTED} (Ctrl-C); --resume continues this trial"
 # ... and by a tracking server that stayed away (`retry.MlflowOutage`).
 _TRIAL_OUTAGE = "the MLflow tracking server was unreachable; --resume continues this trial"
-_REOPENED = (_TRIAL_INTERRUPTED, _TRIAL_OUTAGE)
+# ... and by a full disk (`trainables.disk.DiskFull`).
+TRIAL_DISK_FULL = "the disk was full; --resume continues this trial"
+_REOPENED = (_TRIAL_INTERRUPTED, _TRIAL_OUTAGE, TRIAL_DISK_FULL)
 
 
 def end_interrupted(client, search_name: str, parent_run_id: str, resume_command: str,
-                    reason: str = INTERRUPTED, status: str = "KILLED") -> list[str]:
-    """A search that stopped half-way (Ctrl-C; an MLflow outage: `reason`, the search run
-    `status` FAILED): trial runs still RUNNING (Tune stopped their trials without a callback)
-    end KILLED and the search run `status`, with the reason; the search run keeps the command
-    that resumes it.  Returns the stopped trials' ids."""
-    trial_reason = _TRIAL_INTERRUPTED if reason == INTERRUPTED else _TRIAL_OUTAGE
+                    reason: str = INTERRUPTED, status: str = "KILLED",
+                    trial_reason: str | None = None) -> list[str]:
+    """A search that stopped half-way (Ctrl-C; an MLflow outage or a full disk: `reason`,
+    the search run `status` FAILED): trial runs still RUNNING (Tune stopped their trials
+    without a callback) end KILLED and the search run `status`, with the reason; the search
+    run keeps the command that resumes it.  Returns the stopped trials' ids."""
+    trial_reason = trial_reason or (_TRIAL_INTERRUPTED if reason == INTERRUPTED else _TRIAL_OUTAGE)
     stopped = []
     for run in trial_runs(client, experiment_id(client, search_name), parent_run_id):
         if run.info.status == "RUNNING":
@@ -302,6 +305,8 @@ class MlflowSearchCallback(Callback):
         if result.get("diverged") == 1.0:
             self._diverged.add(trial.trial_id)
             self._write("tag", run_id, STATUS, "diverged")
+        if isinstance(result.get("resume_warning"), str):  # a corrupt state was skipped
+            self._write("tag", run_id, epoch_tag("resume_warning", epoch), result["resume_warning"])
         if isinstance(result.get("eval_protocol"), str):
             self._log_protocol(run_id, result["eval_protocol"])
         if result.get("checkpoint_path"):  # Ray Train path: the checkpoint is in Train storage
@@ -328,7 +333,11 @@ class MlflowSearchCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
-        self._write("tag", run_id, "error", short(getattr(trial, "error_file", "") or "failed"))
+        # What it died of first, then where the traceback is.
+        where = getattr(trial, "error_file", "") or ""
+        self._write("tag", run_id, "error",
+                    short(" ".join(filter(None, [error_line(trial), f"({where})" if where else ""]))
+                          or "failed"))
         self._write("tag", run_id, STATUS, "failed")
         self._write("end", run_id, "FAILED")
 
@@ -391,3 +400,18 @@ def _image_logged(client, run_id: str, key: str, step: int) -> bool:
     prefix = f"images/{key.replace('/', '~')}+step+{step}+"
     return any(a.path.startswith(prefix) and a.path.endswith("+compressed.webp")
                for a in client.list_artifacts(run_id, "images"))
+
+
+def error_line(trial) -> str:
+    """The exception line at the end of a failed trial's error file (what it died of)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines()
+                 if ln.strip()] if path else []
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if ": " in line and not line.startswith(("File ", "^", "~")):
+            name, _, message = line.partition(": ")
+            return f"{name.rsplit('.', 1)[-1]}: {message}" if " " not in name else line
+    return lines[-1] if lines else ""
