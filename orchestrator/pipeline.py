@@ -152,13 +152,14 @@ def _end_outage(cfg: SearchConfig, client, parent: str, outage: retry.MlflowOuta
             f"running trial run(s) KILLED. `{command}` continues it")
 
 
-def _end_disk_full(cfg: SearchConfig, client, parent: str, full: OSError) -> str:
+def _end_disk_full(cfg: SearchConfig, client, parent: str, full: BaseException) -> str:
     """The one line of a search stopped by a full disk (`orchestrator.run.tuner.DiskWatch`,
     or a write of the driver's own): the search run FAILED with the reason, its running
     trials KILLED (reopened by --resume, which continues them from their last complete
     checkpoint).  A tracking store on the full disk may refuse even that: then the runs
     left RUNNING are said."""
-    reason = str(full) if isinstance(full, disk.DiskFull) else f"disk full: {full}"
+    reason = str(full) if isinstance(full, disk.DiskFull) else \
+        f"disk full: {type(full).__name__}: {(str(full).splitlines() or [''])[0][:300]}"
     command = resume_command(cfg)
     try:
         stopped = writer.end_interrupted(client.within(CLEANUP_WAIT_S), cfg.name, parent,

@@ -276,3 +276,29 @@ def test_the_driver_stops_at_the_first_full_disk_and_lets_other_errors_retry(tmp
     monkeypatch.setenv(disk.RESERVE_ENV, str(1 << 40))  # a reserve no disk has
     with pytest.raises(disk.DiskFull, match=f"disk full at {tmp_path}"):
         watch.on_step_end(1, [])
+
+
+def test_a_tracking_store_on_a_full_disk_ends_the_search_in_one_line(tmp_path, monkeypatch):
+    """sqlite's "database or disk is full", wrapped by MLflow (at registration, say), is the
+    same stop: found behind what raised it, the search ended in one line with --resume."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import pipeline
+    from orchestrator.store.retry import RetryingClient
+    from orchestrator.store.writer import start_parent_run
+
+    inner = MlflowException("(sqlite3.OperationalError) database or disk is full\n[SQL: ...]")
+    outer = RuntimeError("registering the champion failed")
+    outer.__cause__ = inner
+    assert disk.found_in(outer) is inner
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    real = MlflowClient(uri)
+    parent = start_parent_run(real, "s", {}, {})
+    cfg = SimpleNamespace(name="s", experiment="acgan", storage=str(tmp_path), mlflow_uri=uri)
+    monkeypatch.setattr(pipeline.lock, "invocation", lambda: ["cxr-search", "acgan"])
+    line = pipeline._end_disk_full(cfg, RetryingClient(real), parent, inner)
+    assert line.startswith("disk full: MlflowException: (sqlite3.OperationalError) database or "
+                           "disk is full. Search 's' stopped: its MLflow run FAILED")
+    assert "\n" not in line and line.endswith("`cxr-search acgan --name s --resume` continues it")
+    assert real.get_run(parent).info.status == "FAILED"

@@ -79,13 +79,16 @@ def nbytes(obj: Any) -> int:
     return 0
 
 
-def found_in(exc: BaseException | None) -> OSError | None:
-    """The full-disk error in `exc` or in what it was raised from (DiskFull, or an OSError
-    with ENOSPC/EDQUOT), else None."""
+def found_in(exc: BaseException | None) -> BaseException | None:
+    """The full-disk error in `exc` or in what it was raised from (DiskFull, an OSError with
+    ENOSPC/EDQUOT, or a library's error that says so, such as sqlite's "database or disk is
+    full" inside MLflow's), else None."""
     for _ in range(10):
         if exc is None:
             return None
         if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS):
+            return exc
+        if mentions_disk_full(str(exc)):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -93,8 +96,8 @@ def found_in(exc: BaseException | None) -> OSError | None:
 
 def mentions_disk_full(text: str) -> bool:
     """Whether an error's text (a trial's error file, say) is a full disk."""
-    return "disk full at " in text or "No space left on device" in text \
-        or "Disk quota exceeded" in text
+    return any(sign in text for sign in ("disk full at ", "No space left on device",
+                                         "Disk quota exceeded", "database or disk is full"))
 
 
 @contextmanager
