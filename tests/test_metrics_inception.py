@@ -158,3 +158,20 @@ def test_evaluator_without_weights_records_why_and_still_runs_cas(covid3, tmp_pa
     assert "default_1.pt" in ev.protocol["skipped"]["kid"]
     with pytest.raises(ValueError, match="unknown metric"):
         GanEvaluator(val, metrics=("fid", "lpips"))
+
+
+@pytest.mark.parametrize("n", [7, 48, 60, 150])
+def test_the_fixed_fakes_follow_the_real_class_shares_for_any_n(n):
+    """48 fakes against a 60-image validation set used to be the first 48 sorted labels: the
+    last class got none (no intra-FID, no per-class diversity for it)."""
+    from trainables.metrics.evaluator import fixed_inputs
+
+    real = np.repeat([0, 1, 2], [20, 30, 10])
+    _, labels = fixed_inputs(n, 8, real, seed=0)
+    counts = np.bincount(labels.numpy(), minlength=3)
+    assert counts.sum() == n
+    np.testing.assert_allclose(counts / n, [20 / 60, 30 / 60, 10 / 60], atol=1 / n + 1e-9)
+    if n >= 6:
+        assert (counts > 0).all()
+    _, same = fixed_inputs(60, 8, real, seed=0)
+    assert (np.bincount(same.numpy()) == [20, 30, 10]).all()

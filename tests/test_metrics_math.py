@@ -192,7 +192,9 @@ def test_intra_fid_pairs_each_class_with_its_own_real_images(covid3_dir, tmp_pat
                                          for c in labels]]
 
     same, swapped = ev._feature_metrics(fakes(0), labels), ev._feature_metrics(fakes(1), labels)
-    assert same["intra_fid_n_classes"] == 3 and same["intra_fid_min_n_fake"] == 20
+    # 60 fakes in the validation set's class shares (about 20 each)
+    assert same["intra_fid_n_classes"] == 3
+    assert same["intra_fid_min_n_fake"] == np.bincount(labels).min() >= 19
     assert same["intra_fid_min_n_real"] == min(np.bincount(val.labels))
     assert swapped["intra_fid"] > 2 * same["intra_fid"]
     assert swapped["intra_fid"] / same["intra_fid"] > 1.5 * swapped["fid"] / same["fid"]

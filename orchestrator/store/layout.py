@@ -38,7 +38,7 @@ def tag_epoch(key: str) -> int:
 # selection hold-out, `ci/` confidence bounds, `search/` the scores Tune and Optuna read, `test/`
 # a study's once-only test numbers.  The rest of the product (epoch tables, ranking, report)
 # uses the plain names; `metric_name` is the inverse.
-METRIC_GROUPS = ("train", "eval", "ci", "search", "test")
+METRIC_GROUPS = ("train", "eval", "ci", "search", "test", "time")
 _TRAIN_METRICS = frozenset({
     "g_loss", "d_loss", "d_x", "d_g_z1", "d_g_z2", "d_fake_acc", "d_real_acc", "aux_class_acc",
     "d_steps", "g_steps", "lr_d", "lr_g", "epoch_s", "images_per_s", "diverged",
@@ -58,7 +58,8 @@ LAST_EPOCH = "cxr.last_epoch"
 
 def metric_key(name: str) -> str:
     """The MLflow key of a per-epoch number: `fid` -> `eval/fid`, `g_loss` -> `train/g_loss`,
-    `kid_ci_low` -> `ci/kid_ci_low`, `best_fid` -> `search/best_fid`."""
+    `kid_ci_low` -> `ci/kid_ci_low`, `best_fid` -> `search/best_fid`, `time_eval_s` ->
+    `time/eval_s`."""
     if name.startswith("test_"):
         group = "test"
     elif name.endswith(("_ci_low", "_ci_high", "_se")):
@@ -67,6 +68,8 @@ def metric_key(name: str) -> str:
         group = "train"
     elif name.startswith("best_") or name == "keep_score":
         group = "search"
+    elif name.startswith("time_"):  # seconds per epoch phase: time/train_s, time/eval_s, ...
+        return f"time/{name[len('time_'):]}"
     else:
         group = "eval"
     return f"{group}/{name}"
@@ -75,6 +78,8 @@ def metric_key(name: str) -> str:
 def metric_name(key: str) -> str:
     """The plain name of an MLflow metric key (the inverse of `metric_key`; other keys as is)."""
     group, sep, rest = key.partition("/")
+    if sep and group == "time":
+        return f"time_{rest}"
     return rest if sep and group in METRIC_GROUPS else key
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import random
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -184,7 +185,9 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
     augment = real_augment(cfg)
     fixed_labels = grid_labels(cls_idx, cfg.grid_per_class)
     reports: list[dict] = []
+    clock = Stopwatch(dev)
     for epoch in range(start_epoch, cfg.epochs):
+        clock.lap()
         _seed_epoch(cfg.seed, epoch, ctx.rank)
         _set_epoch(loader, epoch)
         Gw.train(); Dw.train()
@@ -196,7 +199,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         m = _mean_across_ranks(m, ctx)
         seen = images_seen(iteration, cfg, ctx.world_size)
         m = {"epoch": float(epoch), **m, **lrs, "world_size": float(ctx.world_size),
-             "images_seen": float(seen)}
+             "images_seen": float(seen), "time_train_s": clock.lap()}
         # The budget is epochs or images, whichever ends first (--max-images: a search costs
         # the same on 1k and 30k training images).
         last = epoch == cfg.epochs - 1 or (cfg.max_images > 0 and seen >= cfg.max_images)
@@ -210,6 +213,7 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
             m.update({k: float(v) for k, v in _evaluate(evaluate, G, D, epoch, cfg).items()})
             G.train(); D.train()
             reason = guard.after_eval(m)
+        m["time_eval_s"] = clock.lap()  # with the fixed samples and the guard's checks
         reason = _agree(reason, ctx)
         m["diverged"] = 1.0 if reason else 0.0
         if reason:
@@ -246,12 +250,31 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
                     state_epoch = epoch
                 save_generator(epoch_dir, G, cfg, classes, cls_idx)
                 write_resume_note(epoch_dir, epoch, state_epoch)
+        m["time_write_s"] = clock.lap()  # grid, generator, full state (not Ray's upload)
         with disk.translating(states.local_root or ctx.run_dir):  # Ray copies epoch_dir there
             ctx.report(m, epoch_dir)
         reports.append(m)
         if reason or last:
             break
     return reports
+
+
+class Stopwatch:
+    """Seconds per phase of an epoch, reported as `time_train_s`, `time_eval_s` and
+    `time_write_s`: what evaluation and checkpoints cost beside the training itself (on CUDA
+    after a synchronize, or the asynchronous kernels would land in the wrong phase)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        """Seconds since the previous lap."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        spent, self.last = now - self.last, now
+        return spent
 
 
 def _load_resume(ctx: RunContext) -> tuple[Optional[dict], Optional[str]]:

@@ -387,11 +387,14 @@ class GanEvaluator:
 
 def fixed_inputs(n: int, latent_dim: int, real_labels: np.ndarray, seed: int,
                  dist: str = "normal") -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded z (from `dist`) and labels in the real set's class proportions (tiled,
-    shuffled): n = len(real_labels) gives exactly the real set's count per class."""
+    """Seeded z (from `dist`) and labels in the real set's class proportions (shuffled):
+    n = len(real_labels) gives exactly the real set's count per class, any other n the same
+    shares, rounded (evenly spaced picks from the sorted labels, so a smaller n never drops
+    the last classes)."""
     gen = torch.Generator().manual_seed(seed)
     z = draw_latent(n, latent_dim, dist, generator=gen)
-    labels = torch.as_tensor(np.resize(np.sort(np.asarray(real_labels)), n), dtype=torch.long)
+    ordered = np.sort(np.asarray(real_labels))
+    labels = torch.as_tensor(ordered[np.arange(n) * len(ordered) // n], dtype=torch.long)
     return z, labels[torch.randperm(n, generator=gen)]
 
 
