@@ -73,3 +73,29 @@ def test_augmentation_answer_quick_writes_the_paired_verdicts(radiography_dir, t
     report = next((tmp_path / "answer").glob("*.md")).read_text()
     assert "macro F1" in report and ("beats" in report or "no evidence" in report
                                      or "worse" in report), out[-2000:]
+
+
+def test_gpu_trial_writes_grids_and_per_epoch_timings(covid3_dir, tmp_path):
+    import json
+
+    out_dir = tmp_path / "gt"
+    out = run("gpu_trial.py", "--data", str(covid3_dir), "--minutes", "0", "--set",
+              "resolution=16", "--set", "channels=1", "--set", "width=0.25", "--set",
+              "steps_per_epoch=2", "--metrics", "visual", "--out", str(out_dir),
+              tmp_path=tmp_path)
+    assert "training images/s" in out and "time in evaluation" in out
+    assert (out_dir / "first_grid.png").is_file() and (out_dir / "last_grid.png").is_file()
+    (epoch,) = json.loads((out_dir / "epochs.json").read_text())  # 0 minutes: one epoch
+    assert {"time_train_s", "time_eval_s", "time_write_s", "images_seen"} <= set(epoch)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert abs(summary["train_share"] + summary["eval_share"] + summary["write_share"] - 1) < 1e-9
+
+
+def test_search_throughput_prints_packing_and_shares(covid3_dir, tmp_path):
+    out = run("search_throughput.py", "--data", str(covid3_dir), "--epochs", "1", "--packing",
+              "1", "2", "--set", "resolution=16", "--set", "width=0.25", "--set",
+              "steps_per_epoch=2", "--metrics", "visual", tmp_path=tmp_path)
+    rows = [ln for ln in out.splitlines() if ln.startswith(("| before |", "| today |"))]
+    assert len(rows) == 4, out
+    assert "evaluation + checkpoint share at 1 trial(s):" in out
+    assert "images/s vs one trial: 1 -> 1.00x, 2 -> " in out
