@@ -302,3 +302,12 @@ def test_a_tracking_store_on_a_full_disk_ends_the_search_in_one_line(tmp_path, m
                            "disk is full. Search 's' stopped: its MLflow run FAILED")
     assert "\n" not in line and line.endswith("`cxr-search acgan --name s --resume` continues it")
     assert real.get_run(parent).info.status == "FAILED"
+
+
+def test_the_full_disk_error_itself_is_preferred_to_a_wrapper_quoting_it():
+    """Tune's error quotes the trial's traceback, 'disk full at' included: the stop names
+    the DiskFull behind it, not the wrapper's first line ("Traceback ...")."""
+    full = disk.DiskFull("/data/run", 3 * MB, 68 * MB)
+    wrapper = RuntimeError(f"Traceback (most recent call last):\n  ...\n{full}")
+    wrapper.__cause__ = full
+    assert disk.found_in(wrapper) is full

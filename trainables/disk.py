@@ -83,15 +83,15 @@ def found_in(exc: BaseException | None) -> BaseException | None:
     """The full-disk error in `exc` or in what it was raised from (DiskFull, an OSError with
     ENOSPC/EDQUOT, or a library's error that says so, such as sqlite's "database or disk is
     full" inside MLflow's), else None."""
-    for _ in range(10):
-        if exc is None:
-            return None
-        if isinstance(exc, DiskFull) or (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS):
-            return exc
-        if mentions_disk_full(str(exc)):
-            return exc
+    chain = []
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return None
+    for link in chain:  # the error itself first: it names the place
+        if isinstance(link, DiskFull) or (isinstance(link, OSError) and link.errno in _FULL_ERRNOS):
+            return link
+    # Then a library's words; the innermost, since an outer one (Tune's) quotes a traceback.
+    return next((link for link in reversed(chain) if mentions_disk_full(str(link))), None)
 
 
 def mentions_disk_full(text: str) -> bool:
