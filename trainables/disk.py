@@ -112,3 +112,12 @@ def translating(path: Path | str, need: int = 0) -> Iterator[None]:
         if exc.errno not in _FULL_ERRNOS:
             raise
         raise DiskFull(path, free_bytes(path), int(need) + reserve()) from exc
+
+
+@contextmanager
+def writing(folder: Path | str, need: int) -> Iterator[None]:
+    """Around a write of `need` bytes into `folder`: the space is checked first, and an
+    ENOSPC inside is DiskFull too (`require` + `translating`, the pair every write needs)."""
+    require([folder], need)
+    with translating(folder, need):
+        yield

@@ -50,8 +50,7 @@ def atomic_save(obj: Any, path: Path | str) -> Path:
     """torch.save to a temporary file beside `path`, then os.replace (never a torn file);
     the free space is checked first and a full disk raises `disk.DiskFull` naming `path`."""
     need = disk.nbytes(obj)
-    disk.require([Path(path).parent], need)
-    with disk.translating(Path(path).parent, need), atomic_path(path) as tmp:
+    with disk.writing(Path(path).parent, need), atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
 
@@ -205,8 +204,7 @@ class StateStore:
                            "sha256": hashlib.sha256(data).hexdigest()}).encode()
         if self._local:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            disk.require([folder], len(data))
-            with disk.translating(folder, len(data)):
+            with disk.writing(folder, len(data)):
                 write_bytes_atomic(path, data)
                 write_bytes_atomic(f"{folder}/{STATE_SEAL}", seal)
         else:
