@@ -179,3 +179,38 @@ def test_one_class_generator_is_compared_with_its_own_class_and_gets_no_cas(covi
     cfg, G, _, _, _ = _setup()
     m = ev(G, 0)
     assert not any(k.startswith("cas_") for k in m) and "ref_class_acc" not in m
+
+
+def test_compile_is_a_checked_option_ignored_on_cpu_with_a_warning():
+    from trainables.gan.loop import compiled
+
+    with pytest.raises(ValueError, match="compile='fast'"):
+        GANConfig(compile="fast")
+    cfg, G, _, _, _ = _setup(compile="reduce-overhead")
+    with pytest.warns(UserWarning, match="applies on CUDA only"):
+        assert compiled(G, cfg, torch.device("cpu")) is G
+    assert compiled(G, cfg.replace(compile="none"), torch.device("cuda")) is G
+    # On CUDA it is torch.compile's wrapper (lazy: nothing is compiled until it is called).
+    assert isinstance(compiled(G, cfg, torch.device("cuda")), torch._dynamo.eval_frame.OptimizedModule)
+
+
+def test_steps_through_compiled_wrappers_train_the_modules_that_are_saved():
+    """The step runs on compiled wrappers (here dynamo with the eager backend: the CPU has no
+    use for inductor) and updates the very parameters G.state_dict() saves, under its keys."""
+    cfg, G, D, opt_g, opt_d = _setup()
+    keys, before = list(G.state_dict()), {k: v.clone() for k, v in G.state_dict().items()}
+    Gc, Dc = torch.compile(G, backend="eager"), torch.compile(D, backend="eager")
+    real, labels = torch.rand(8, 1, 32, 32) * 2 - 1, torch.tensor([0, 1] * 4)
+    d_step(Gc, Dc, opt_d, real, labels, cfg)
+    out = g_step(Gc, Dc, opt_g, labels, cfg)
+    assert torch.isfinite(out["g_loss"])
+    assert list(G.state_dict()) == keys
+    assert any(not torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+def test_precision_follows_the_preset_measurements():
+    from trainables.gan import preset
+
+    assert GANConfig.from_dict(preset("s1")).amp is False  # bf16 was 12 % slower for S1
+    assert GANConfig.from_dict(preset("s0")).amp and GANConfig.from_dict(preset("s4")).amp
+    assert GANConfig.from_dict(preset("s1", "acgan")).amp  # another family's nets: the default

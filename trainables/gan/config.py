@@ -12,6 +12,8 @@ from trainables.models.acgan import D_REGULARIZATION
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULERS = ("none", "cosine_warm_restarts", "step", "exponential")
 D_UPDATES = ("joint", "separate")
+# torch.compile modes for the training step; "reduce-overhead" adds CUDA graphs.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,10 @@ class GANConfig:
     guard_min_diversity: float = 0.0      # diversity_ratio below this at guard_patience evaluations -> stop (0 = off)
     guard_warmup: int = 5                 # no collapse check before this epoch (a fresh G is near-constant)
     dcgan_classes: Optional[Union[str, tuple]] = None  # None = all; class names/indices; or "minority"
-    amp: bool = True                      # bf16 autocast on CUDA; no-op on CPU
+    amp: bool = True                      # bf16 autocast on CUDA; no-op on CPU (s1's preset: off)
+    compile: str = "none"                 # torch.compile of G and D for the training step on
+                                          # CUDA: "none" | "default" | "reduce-overhead" (CUDA
+                                          # graphs) | "max-autotune"; ignored on CPU
     channels_last: bool = True            # on CUDA only
     num_workers: int = 0
 
@@ -156,6 +161,7 @@ def _problems(c: GANConfig) -> list[str]:
         (c.guard_collapse_std >= 0, f"guard_collapse_std={c.guard_collapse_std} must be >= 0"),
         (0 <= c.guard_min_diversity < 1, f"guard_min_diversity={c.guard_min_diversity} must be in [0, 1)"),
         (c.guard_warmup >= 0, f"guard_warmup={c.guard_warmup} must be >= 0"),
+        (c.compile in COMPILE_MODES, f"compile={c.compile!r}: choose one of {COMPILE_MODES}"),
         (c.num_workers >= 0, f"num_workers={c.num_workers} must be >= 0"),
         (c.dcgan_classes is None or c.dcgan_classes == "minority"
          or (isinstance(c.dcgan_classes, tuple) and len(c.dcgan_classes) > 0),

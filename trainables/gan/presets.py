@@ -17,6 +17,8 @@ authors most plausibly did; those guesses are listed per preset:
   only (as many steps per epoch as its class has batches), 64x64x1, z ~ U(-1, 1) ("100 random
   numbers drawn from a uniform distribution"), batch 32, Adam 2e-4 betas (0.5, 0.999),
   200 epochs, N(0, 0.02) init.  Guessed: D dropout p=0.25, the uniform range (-1, 1).
+  bf16 autocast off: on an H200 it made S1's step 12 % slower (S0 +4 %, S4 +128 %: on
+  there; issue 22's measurements), so each preset keeps the precision that was faster.
 - s2 (cGAN, slow D): 150x150x1, run 3 of the seed: Adam 2e-4 with beta1 0.9,
   CosineAnnealingWarmRestarts restarting every 10 epochs, one D step every K=10 G steps,
   filters 256 halving.  Guessed: batch 4 (run 1's; run 3 states none), 1000 epochs (the seed
@@ -37,8 +39,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# With another family these go: they belong to the preset's networks (amp: its measured speed).
 _ARCH_KEYS = ("variant", "dcgan_classes", "embed_dim", "d_updates", "g_batch_size",
-              "d_regularization")
+              "d_regularization", "amp")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "s0": dict(family="acgan", variant="s0", resolution=112, channels=3, latent_dim=100,
@@ -47,7 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                flip_labels_g=True, real_shear=5.0, real_zoom=0.1),
     "s1": dict(family="dcgan", variant="s1", resolution=64, channels=1, latent_dim=100,
                latent_dist="uniform", width=1.0, batch_size=32, epochs=200, optimizer="adam",
-               lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, dcgan_classes=None),
+               lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, dcgan_classes=None,
+               amp=False),
     "s2": dict(family="cgan", variant="s2", resolution=150, channels=1, latent_dim=100,
                width=1.0, batch_size=4, epochs=1000, optimizer="adam", lr_g=2e-4, lr_d=2e-4,
                beta1=0.9, beta2=0.999, scheduler="cosine_warm_restarts", t_0=10,

@@ -25,7 +25,7 @@ from trainables.gan.checkpoint import (STATE_FORMAT, StateStore, resume_state, r
 from trainables.gan.config import GANConfig
 from trainables.gan.families import FAMILIES
 from trainables.gan.guard import DivergenceGuard
-from trainables.gan.loop import train_epoch
+from trainables.gan.loop import compiled, train_epoch
 from trainables.gan.sampling import grid_labels, sample, save_grid
 
 Evaluate = Callable[[nn.Module, int], dict[str, float]]
@@ -180,7 +180,8 @@ def train_gan(cfg: GANConfig, data: Any, ctx: RunContext,
         state_epoch = start_epoch - 1
         states.save(resumed, state_epoch, keep=1)
     # Wrap after loading: DDP broadcasts rank 0's (restored) weights at construction.
-    Gw, Dw = ctx.wrap_model(G), ctx.wrap_model(D)
+    # Compiled after DDP's wrap (its optimizer splits the graph at bucket boundaries).
+    Gw, Dw = compiled(ctx.wrap_model(G), cfg, dev), compiled(ctx.wrap_model(D), cfg, dev)
     loader = make_loader(cfg, data, cls_idx, ctx)
     augment = real_augment(cfg)
     fixed_labels = grid_labels(cls_idx, cfg.grid_per_class)
