@@ -65,7 +65,7 @@ def test_frechet_rejects_bad_shapes():
 
 
 def test_kid_same_distribution_is_zero_within_ci_and_different_is_not():
-    x, y = _features(200, 32, 5), _features(200, 32, 6)
+    x = _features(200, 32, 5)
     rng = np.random.default_rng(0)
     same_x = rng.normal(size=(200, 32))
     same = kid(same_x, rng.normal(size=(200, 32)))
@@ -160,6 +160,41 @@ def test_stats_cache_computes_once(tmp_path):
     np.testing.assert_array_equal(a["mu"], b["mu"])
     assert key != stats_key(fingerprint="f", split="val", resolution=64, extractor="x",
                             weights_sha256="abc", dims=768, n=3)
+
+
+def _slow_compute(cache_dir, key, log, barrier):
+    """In another process: once all are ready, miss the cache; a compute is counted in `log`."""
+    import time
+
+    def compute():
+        with open(log, "a") as f:
+            f.write("computed\n")
+        time.sleep(1.0)
+        return {"mu": np.arange(3.0)}
+    barrier.wait()
+    mu = StatsCache(cache_dir).get(key, compute)["mu"]
+    with open(log, "a") as f:
+        f.write(f"got {mu.tolist()}\n")
+
+
+def test_trials_started_together_compute_the_statistics_once(tmp_path):
+    """Three processes miss the cache at the same moment: one computes, the others wait for
+    its file."""
+    import multiprocessing as mp
+
+    key = stats_key(fingerprint="f", split="val", resolution=64, extractor="x",
+                    weights_sha256="abc", dims=64, n=3)
+    log, ctx = tmp_path / "calls.log", mp.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_slow_compute, args=(str(tmp_path / "c"), key, str(log), barrier))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    text = log.read_text()
+    assert text.count("got [0.0, 1.0, 2.0]") == 3 and text.count("computed") == 1, text
 
 
 def test_intra_fid_pairs_each_class_with_its_own_real_images(covid3_dir, tmp_path):

@@ -5,6 +5,7 @@ features (for the exact low-rank Fréchet path, KID and intra-FID), labels, mu, 
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -44,19 +45,32 @@ class StatsCache:
 
     def get(self, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         path = self.path(key)
-        if path.is_file():
-            try:
-                with np.load(path) as z:
-                    out = {k: z[k] for k in z.files}
-                self.hits += 1
-                return out
-            except (OSError, ValueError) as err:  # a torn file from a killed run: rebuild
-                raise RuntimeError(f"corrupt feature-statistics cache {path}: delete it and "
-                                   f"rerun ({err})") from err
-        arrays = compute()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Write beside, then rename: parallel trials never read half a file.
-        with atomic_path(path) as tmp:
-            np.savez(tmp, **arrays)
-        self.misses += 1
-        return arrays
+        out = self._load(path)
+        if out is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            # Trials started together all miss: one computes, the others wait for its file
+            # (two trials on 2 cores computed the same Inception statistics side by side for
+            # ~4 minutes).  flock is released if the holder dies; the lock file is left.
+            with open(self.dir / f"{key}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                out = self._load(path)
+                if out is None:
+                    out = compute()
+                    # Write beside, then rename: no reader ever sees half a file.
+                    with atomic_path(path) as tmp:
+                        np.savez(tmp, **out)
+                    self.misses += 1
+                    return out
+        self.hits += 1
+        return out
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, np.ndarray] | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:  # a torn file from a killed run: rebuild
+            raise RuntimeError(f"corrupt feature-statistics cache {path}: delete it and "
+                               f"rerun ({err})") from err
