@@ -3,6 +3,7 @@ imbalance-strategy study is `orchestrator.study`.)"""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shlex
 import sys
@@ -32,6 +33,8 @@ def run_search(cfg: SearchConfig):
     is refused before anything expensive starts (`orchestrator.run.lock`)."""
     # MLflow's per-download progress bars would bury the summary at the end.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # "Creating initial MLflow database tables..." / "Updating database tables": bookkeeping.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     storage = _storage_path(cfg.storage)
     preflight.check_storage(storage)
     preflight.check_tracking_store(cfg.mlflow_uri)
@@ -106,6 +109,10 @@ def _search(cfg: SearchConfig, settings: TrialSettings, storage: str, client, pa
     # Tune's experiment state after every step, not every ~10 s or more: a driver killed
     # between two saves forgets the trials started since (their runs stay RUNNING).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune's new output engine prints its configuration box and a TensorBoard hint (not
+    # installed) even at verbose=0; the legacy engine at verbose=0 prints nothing, and the
+    # console callback says what a user needs.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     callback = writer.MlflowSearchCallback(cfg.mlflow_uri, cfg.name, parent, settings.epochs,
                                            (settings.data, settings.data_fingerprint))
     tuner = build_tuner(cfg, settings, storage, callback)

@@ -54,6 +54,11 @@ def test_smoke_search_end_to_end(smoke_store):
                    if line.startswith("trial ") and "  epoch " in line]
     assert epoch_lines and all("  fid " in line for line in epoch_lines)
     assert "Trial status" not in run.stdout and "ETA" in run.stdout
+    # third-party bookkeeping is silenced (issue 24): Tune's box and TensorBoard hint, Optuna's
+    # and MLflow's INFO lines
+    for noise in ("Configuration for experiment", "tensorboard --logdir", "A new study created",
+                  "Creating initial MLflow database tables", "Wrote the latest version"):
+        assert noise not in run.stdout + run.stderr, noise
     assert len(run.stdout.splitlines()) <= 40 * max(run.elapsed / 60, 1), run.stdout[-3000:]
 
     client, parents, children = mlflow_runs(smoke_store.uri, name)
@@ -131,6 +136,16 @@ def test_smoke_search_end_to_end(smoke_store):
     assert study.metric_names == ["best_fid"]
     assert {t.user_attrs.get("tune_trial_id") for t in study.trials} == {
         c.data.tags["cxr.trial_id"] for c in children}
+    # ... and the study carries the ranking's verdicts: the selected trial, epoch and run, and
+    # per Optuna trial its MLflow run and its best selectable epoch or why it was excluded
+    assert study.user_attrs["cxr.selected"].startswith(
+        f"tune trial {best_trial}, epoch {best_epoch} · MLflow run {best_run.info.run_id}")
+    run_of = {c.data.tags["cxr.trial_id"]: c.info.run_id for c in children}
+    for t in study.trials:
+        line = study.user_attrs[f"cxr.trial.{t.number}"]
+        assert line.startswith(f"tune trial {t.user_attrs['tune_trial_id']} · MLflow run "
+                               f"{run_of[t.user_attrs['tune_trial_id']]} · ")
+        assert " · best selectable epoch " in line or " · excluded: " in line
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/report.md" in report
     protocol = client.get_run(children[0].info.run_id).data.params

@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator import registry
 from orchestrator.config import ConfigError, SearchConfig
 from orchestrator.console import ConsoleCallback
+from orchestrator.store import optuna_notes
 from orchestrator.store.writer import error_line
 from trainables import disk
 from trainables.ray_glue import checkpoints_kept, trial, trial_resources
@@ -80,6 +81,7 @@ def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objective
     if cfg.scheduler == "pbt":
         # seeded random starting points, so a PBT search is reproducible like an Optuna one
         return BasicVariantGenerator(random_state=cfg.seed), pbt_mutations(space_module)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ..." is noise
     sampler = (optuna.samplers.TPESampler(seed=cfg.seed) if cfg.searcher == "optuna"
                else optuna.samplers.RandomSampler(seed=cfg.seed))
     epochs = settings.epochs
@@ -99,9 +101,9 @@ def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objective
 
 def optuna_storage(cfg: SearchConfig, storage: str):
     """A study optuna-dashboard can open: sqlite beside the Tune results (or ./ray_results)."""
-    root = Path(storage) if "://" not in storage else Path("ray_results").resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{root / (cfg.name + '-optuna.db')}")
+    url = optuna_notes.study_url(storage, cfg.name)
+    Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
 
 
 def pbt_mutations(space_module) -> dict:
@@ -262,10 +264,16 @@ def watching_interrupts():
     previous = signal.getsignal(signal.SIGINT) if main else None
     InterruptWatch.caught.clear()
     hint_filter = _NoRestoreHint()
-    logging.getLogger("ray.tune.tune").addFilter(hint_filter)
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(hint_filter)
+    level = tune_log.level
+    # Its INFO lines ("Wrote the latest version of all result files ...") are bookkeeping;
+    # warnings and errors still show.
+    tune_log.setLevel(logging.WARNING)
     try:
         yield InterruptWatch.caught
     finally:
-        logging.getLogger("ray.tune.tune").removeFilter(hint_filter)
+        tune_log.setLevel(level)
+        tune_log.removeFilter(hint_filter)
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
