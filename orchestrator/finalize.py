@@ -1,11 +1,13 @@
 """The end of a search: rank every epoch, tag the best, register its generator, summarise."""
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from orchestrator import ranking
+from orchestrator.store import optuna_notes
 from orchestrator.store.layout import (STATUS, checkpoint_has, grid_artifact,
                                        read_checkpoint_file, trial_runs, ui_link)
 from orchestrator.store.models import register_generator
@@ -68,10 +70,27 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     else:
         summary.update(record_best(cfg, settings, client, parent_run_id, best))
         summary["best"]["versus_lowest"] = versus_lowest(scored, best, cfg.objectives()[0])
+    _note_optuna(cfg, client, parent_run_id, summary)
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
     return summary
+
+
+def _note_optuna(cfg, client, parent_run_id: str, summary: dict) -> None:
+    """The ranking's verdicts on the Optuna study (`orchestrator.store.optuna_notes`)."""
+    if cfg.scheduler == "pbt":
+        return  # PBT searches with Tune's own random starts: no Optuna study
+    experiment = client.get_experiment_by_name(cfg.name)
+    run_ids = {r.data.tags.get("cxr.trial_id", ""): r.info.run_id
+               for r in trial_runs(client, experiment.experiment_id, parent_run_id)}
+    url = optuna_notes.study_url(cfg.storage, cfg.name)
+    try:
+        optuna_notes.annotate(url, cfg.name, summary["trial_table"], run_ids, summary["best"],
+                              cfg.objectives()[0][0])
+    except Exception as exc:  # a note, not the result: the search's records stand without it
+        print(f"warning: the ranking's verdicts were not written to the Optuna study at {url}: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def reconcile_running(client, search_name: str, parent_run_id: str) -> list[str]:
@@ -173,10 +192,9 @@ def _unselectable(epochs) -> str:
 def next_commands(cfg) -> list[str]:
     """What to run next, with this search's own names."""
     uri = f" --mlflow-uri {cfg.mlflow_uri}"
-    storage = cfg.storage if "://" not in cfg.storage else "ray_results"
     return [f"python -m orchestrator.report {cfg.name}{uri} --out report/",
             f"python -m orchestrator.rank {cfg.name}{uri} --policy pareto",
-            f"optuna-dashboard sqlite:///{Path(storage) / (cfg.name + '-optuna.db')}",
+            f"optuna-dashboard {optuna_notes.study_url(cfg.storage, cfg.name)}",
             f"mlflow ui --backend-store-uri {cfg.mlflow_uri}"]
 
 

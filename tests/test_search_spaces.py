@@ -101,3 +101,30 @@ def test_multi_objective_searcher_and_asha_on_the_first(tmp_path):
     scheduler = tuner.scheduler(cfg, "fid", "min", 3, registry.experiment_space("acgan"),
                                   own_metric=True)
     assert scheduler._metric == "fid" and scheduler._mode == "min"
+
+
+def test_the_study_carries_the_rankings_verdicts(tmp_path):
+    """optuna-dashboard's "best trial" is only the best objective; the study's user attributes
+    say which trial and epoch the ranking selected and why another trial was excluded."""
+    from orchestrator.store import optuna_notes
+
+    url = optuna_notes.study_url(str(tmp_path), "s")
+    study = optuna.create_study(study_name="s", storage=url)
+    for tune_id, value in (("a_1", 1.0), ("b_2", 3.0)):
+        t = study.ask()
+        t.set_user_attr("tune_trial_id", tune_id)
+        study.tell(t, value)
+    rows = [{"trial": "a_1", "status": "finished", "best_epoch": None,
+             "reason": "no selectable epoch: collapsed", "fid": None},
+            {"trial": "b_2", "status": "finished", "best_epoch": 2, "reason": "", "fid": 3.0}]
+    noted = optuna_notes.annotate(url, "s", rows, {"a_1": "r1", "b_2": "r2"},
+                                  {"trial_id": "b_2", "epoch": 2, "run_id": "r2"}, "fid")
+    attrs = optuna.load_study(study_name="s", storage=url).user_attrs
+    assert noted == 2
+    assert attrs["cxr.trial.0"] == ("tune trial a_1 · MLflow run r1 · finished · excluded: "
+                                    "no selectable epoch: collapsed")
+    assert attrs["cxr.trial.1"] == ("tune trial b_2 · MLflow run r2 · finished · best "
+                                    "selectable epoch 2 (fid 3)")
+    assert attrs["cxr.selected"].startswith("tune trial b_2, epoch 2 · MLflow run r2")
+    assert optuna_notes.annotate(optuna_notes.study_url(str(tmp_path), "none"), "none", rows,
+                                 {}, None, "fid") == 0
