@@ -58,6 +58,7 @@ class SearchConfig:
     objective: Optional[str] = None
     storage: str = DEFAULT_STORAGE
     mlflow_uri: str = DEFAULT_MLFLOW_URI
+    artifact_root: Optional[str] = None  # a new experiment's artefacts (default: beside sqlite)
     name: Optional[str] = None
     resume: bool = False
     smoke: bool = False
@@ -244,6 +245,9 @@ def parse_overrides(items) -> dict:
 
 
 # The class options' help, shared by search, study and audit (here: no cycle between them).
+ARTIFACT_ROOT_HELP = ("where a new experiment keeps its artefacts (grids, models): a folder or "
+                      "s3://… (default: DIR/artifacts beside a sqlite:///DIR/mlflow.db; a "
+                      "server's own default for http://)")
 CLASS_OPTIONS_HELP = {
     "exclude_classes": "leave these classes out, e.g. 'Lung Opacity' (S3's set); a folder "
                        "name or the canonical name; comma-separated",

@@ -38,6 +38,7 @@ def run_search(cfg: SearchConfig):
     storage = _storage_path(cfg.storage)
     preflight.check_storage(storage)
     preflight.check_tracking_store(cfg.mlflow_uri)
+    preflight.check_artifact_root(cfg.artifact_root)
     cfg = _resolve_name(cfg, storage)
     with lock.acquire(lock.lock_path(storage, cfg.name), cfg.name,
                       f"{storage.rstrip('/')}/{cfg.name}", resume=cfg.resume):
@@ -60,10 +61,12 @@ def _run_locked(cfg: SearchConfig, storage: str):
         parent = writer.start_parent_run(client, cfg.name, params, {
             "cxr.experiment": cfg.experiment, "cxr.preset": cfg.preset,
             "cxr.data_fingerprint": settings.data_fingerprint,
-            **layout.source_tags("orchestrator.search")})
+            **layout.source_tags("orchestrator.search")}, artifact_root=cfg.artifact_root)
     except retry.MlflowOutage as outage:
         raise ConfigError(f"{outage}. Search {cfg.name!r} did not start; run the command "
                           "again when the server answers") from None
+    except layout.StoreError as exc:  # e.g. --artifact-root against an existing experiment
+        raise ConfigError(str(exc)) from None
     try:
         return _search(cfg, settings, storage, client, parent)
     except KeyboardInterrupt:

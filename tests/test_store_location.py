@@ -52,3 +52,33 @@ def test_a_server_store_chooses_its_own_artefact_root(tmp_path):
 
     assert artifact_root("http://127.0.0.1:5000") is None
     assert artifact_root(f"sqlite:///{tmp_path}/m.db") == (tmp_path / "artifacts").as_uri()
+
+
+def test_artifact_root_puts_a_new_experiments_artefacts_where_asked(tmp_path):
+    """--artifact-root (a relative folder is made absolute) for a new experiment; asking an
+    existing experiment for another root is an error naming both, not a silent split."""
+    import pytest
+
+    from orchestrator.store.layout import StoreError, experiment_id
+    from orchestrator.store.writer import start_parent_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+    run_id = start_parent_run(client, "s", {}, {}, artifact_root=str(tmp_path / "elsewhere"))
+    location = client.get_experiment_by_name("s").artifact_location
+    assert location == (tmp_path / "elsewhere").as_uri()
+    assert client.get_run(run_id).info.artifact_uri.startswith(location)
+    assert experiment_id(client, "s", str(tmp_path / "elsewhere")) == experiment_id(client, "s")
+    with pytest.raises(StoreError, match="keeps its artefacts at .*elsewhere.*applies to new "
+                                         "searches only"):
+        experiment_id(client, "s", "s3://bucket/cxr")
+
+
+def test_a_bad_artifact_root_is_refused_before_anything_starts(tmp_path, capsys):
+    from orchestrator.search import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = main(["acgan", "--smoke", "--artifact-root", str(blocker / "sub"), "--mlflow-uri",
+               f"sqlite:///{tmp_path}/m.db", "--storage", str(tmp_path / "rr")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--artifact-root" in err and "pass --artifact-root a folder" in err, err

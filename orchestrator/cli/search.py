@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator.config import CLASS_OPTIONS_HELP  # light: no registry at import
+from orchestrator.config import ARTIFACT_ROOT_HELP, CLASS_OPTIONS_HELP  # light: no registry at import
 
 from orchestrator.cli import parse_then_run
 
@@ -96,6 +96,7 @@ def add_search_name(group, **kwargs) -> None:
 def add_mlflow_uri(group) -> None:
     group.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI, metavar="URI",
                        help="MLflow tracking URI (sqlite:///… or http://host:port)")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +237,7 @@ def _storage_options(g) -> None:
     g.add_argument("--storage", default=DEFAULT_STORAGE, metavar="PATH|URI",
                    help="Tune storage: a local path or s3://… / gs://… (required on a cluster)")
     add_mlflow_uri(g)
+    g.add_argument("--artifact-root", metavar="PATH|URI", help=ARTIFACT_ROOT_HELP)
     g.add_argument("--name", metavar="NAME", help="search name (= MLflow experiment); default <exp>-<preset>-<time>")
     g.add_argument("--resume", action="store_true",
                    help="continue the interrupted search --name (or the latest one)")

@@ -119,6 +119,14 @@ def enough_free(folder: Path, flag: str) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def check_artifact_root(root: str | None) -> None:
+    """A local --artifact-root must be a folder this process can write (remote ones are
+    checked by MLflow's artefact client at the first upload)."""
+    if root and "://" not in root:
+        writable_folder(Path(root).expanduser(), "--artifact-root",
+                        "pass --artifact-root a folder you can write, or leave it out")
+
+
 def check_tracking_store(uri: str) -> None:
     """A sqlite MLflow store: its folder creatable and writable and the file writable, before
     MLflow is asked (it retries a read-only database for minutes)."""

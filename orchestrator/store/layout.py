@@ -156,13 +156,27 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_QUERY = "workflowType=machine_learning"
 
 
-def experiment_id(client, name: str) -> str:
-    """The id of experiment `name`, created (as a model-training experiment) when missing."""
+def experiment_id(client, name: str, artifact_location: Optional[str] = None) -> str:
+    """The id of experiment `name`, created (as a model-training experiment) when missing,
+    its artefacts under `artifact_location` (--artifact-root) or `artifact_root(...)`.
+    MLflow cannot move an existing experiment's artefacts: asking for another root is an
+    error that names both."""
     experiment = client.get_experiment_by_name(name)
+    wanted = artifact_uri(artifact_location) if artifact_location else None
     if experiment is not None:
+        if wanted and experiment.artifact_location.rstrip("/") != wanted.rstrip("/"):
+            raise StoreError(f"experiment {name!r} keeps its artefacts at "
+                             f"{experiment.artifact_location}; --artifact-root {wanted} applies to "
+                             "new searches only (drop it, or choose a new --name)")
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(client.tracking_uri),
-                                    tags=EXPERIMENT_KIND)
+    return client.create_experiment(name, artifact_location=wanted or artifact_root(
+        client.tracking_uri), tags=EXPERIMENT_KIND)
+
+
+def artifact_uri(root: str) -> str:
+    """--artifact-root as MLflow wants it: a URI (s3://…, file://…), or a local path made
+    absolute (a relative one would depend on the folder each command runs from)."""
+    return root if "://" in root else Path(root).expanduser().resolve().as_uri()
 
 
 def artifact_root(tracking_uri: str) -> Optional[str]:

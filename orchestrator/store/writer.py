@@ -42,9 +42,10 @@ _TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timesta
 
 
 def start_parent_run(client, search_name: str, params: dict, tags: dict,
-                     role: str = "search") -> str:
-    """Create (or, on --resume, find) the search's parent run; returns its id."""
-    experiment = experiment_id(client, search_name)
+                     role: str = "search", artifact_root: str | None = None) -> str:
+    """Create (or, on --resume, find) the search's parent run; returns its id.  A new
+    experiment keeps its artefacts under `artifact_root` when given."""
+    experiment = experiment_id(client, search_name, artifact_root)
     existing = client.search_runs([experiment], f"tags.`{ROLE}` = '{role}'", max_results=1)
     if existing and role == "search":
         return existing[0].info.run_id

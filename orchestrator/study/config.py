@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Optional, Sequence
 
-from orchestrator.config import (CLASS_OPTIONS_HELP, DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, ConfigError,
+from orchestrator.config import (ARTIFACT_ROOT_HELP, CLASS_OPTIONS_HELP, DEFAULT_MLFLOW_URI, DEFAULT_STORAGE, ConfigError,
                                  class_options, parse_overrides)
 
 # Budgets: the CPU smoke budget a 2-core laptop finishes in minutes, and the full one.
@@ -76,6 +76,7 @@ class StudyConfig:
                             metavar="KEY=VALUE", append=True, default_factory=tuple)
     mlflow_uri: str = _opt("MLflow tracking URI (sqlite:///… or http://host:port)",
                            group="store", default=DEFAULT_MLFLOW_URI)
+    artifact_root: Optional[str] = _opt(ARTIFACT_ROOT_HELP, group="store", metavar="PATH|URI")
     storage: str = _opt("where a GAN search run for the study (no generator registered "
                         "yet) keeps its Tune results", group="store", default=DEFAULT_STORAGE)
     name: Optional[str] = _opt("study name (= MLflow experiment); default "

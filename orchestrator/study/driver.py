@@ -37,6 +37,7 @@ def run(cfg: StudyConfig) -> dict:
     preflight.check_storage(str(Path(cfg.storage).resolve()) if "://" not in cfg.storage
                             else cfg.storage)
     preflight.check_tracking_store(cfg.mlflow_uri)
+    preflight.check_artifact_root(cfg.artifact_root)
     if not cfg.name:
         cfg = dataclasses.replace(cfg, name=default_name())
     try:
@@ -67,10 +68,14 @@ def run_study_command(cfg: StudyConfig) -> dict:
               "generator": generator.uri if generator else "none", **budget,
               **{f"base.{k}": v for k, v in base.items()}}
     generator_tags = generator.tags() if generator else {}
-    parent = writer.start_parent_run(client, cfg.name, params, {
-        "cxr.experiment": "classifier", "cxr.code_version": layout.code_version(),
-        **generator_tags, **({"cxr.generator_warning": layout.short(warning)} if warning else {})},
-        role="study")
+    try:
+        parent = writer.start_parent_run(client, cfg.name, params, {
+            "cxr.experiment": "classifier", "cxr.code_version": layout.code_version(),
+            **generator_tags,
+            **({"cxr.generator_warning": layout.short(warning)} if warning else {})},
+            role="study", artifact_root=cfg.artifact_root)
+    except layout.StoreError as exc:  # --artifact-root against an existing experiment
+        raise ConfigError(str(exc)) from None
     try:
         return _study(cfg, data, strategies, budget, base, generator, client, parent)
     except BaseException as exc:
