@@ -35,10 +35,12 @@ def tag_epoch(key: str) -> int:
 
 # MLflow's UI groups a run's charts by the part of a metric's key before "/", so each per-epoch
 # number is logged as `<group>/<name>`: `train/` how training went, `eval/` the evaluation on the
-# selection hold-out, `ci/` confidence bounds, `search/` the scores Tune and Optuna read, `test/`
-# a study's once-only test numbers.  The rest of the product (epoch tables, ranking, report)
-# uses the plain names; `metric_name` is the inverse.
-METRIC_GROUPS = ("train", "eval", "ci", "search", "test", "time")
+# selection hold-out, `eval_ci/` its confidence bounds, `search/` the scores Tune and Optuna
+# read, `test/` a study's once-only test numbers, `time/` seconds per epoch phase.  The UI sorts
+# the sections by name, so `eval` opens the page (bounds were `ci/`, which came first: still read).
+# The rest of the product (epoch tables, ranking, report) uses the plain names; `metric_name`
+# is the inverse.
+METRIC_GROUPS = ("train", "eval", "eval_ci", "search", "test", "time", "ci")
 _TRAIN_METRICS = frozenset({
     "g_loss", "d_loss", "d_x", "d_g_z1", "d_g_z2", "d_fake_acc", "d_real_acc", "aux_class_acc",
     "d_steps", "g_steps", "lr_d", "lr_g", "epoch_s", "images_per_s", "diverged",
@@ -58,12 +60,12 @@ LAST_EPOCH = "cxr.last_epoch"
 
 def metric_key(name: str) -> str:
     """The MLflow key of a per-epoch number: `fid` -> `eval/fid`, `g_loss` -> `train/g_loss`,
-    `kid_ci_low` -> `ci/kid_ci_low`, `best_fid` -> `search/best_fid`, `time_eval_s` ->
+    `kid_ci_low` -> `eval_ci/kid_ci_low`, `best_fid` -> `search/best_fid`, `time_eval_s` ->
     `time/eval_s`."""
     if name.startswith("test_"):
         group = "test"
     elif name.endswith(("_ci_low", "_ci_high", "_se")):
-        group = "ci"
+        group = "eval_ci"
     elif name in _TRAIN_METRICS:
         group = "train"
     elif name.startswith("best_") or name == "keep_score":
