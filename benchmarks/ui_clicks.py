@@ -166,7 +166,12 @@ def click_through(browser: str, base: str, facts: dict, out: Path) -> list[Targe
             model = follow(page_, page_.locator('a[href*="/versions/"]').first, clicks)
             wait_for_url_part(model, "/versions/")
             model.get_by_text("champion").first.wait_for(timeout=30_000)
-            return model, clicks.count, f"{model.url.split('#')[-1][:70]}: alias champion shown"
+            # the epoch's numbers on the version page itself (its description), not a click on
+            metrics = model.get_by_text("metrics: fid=").first  # the logged model further
+            metrics.wait_for(timeout=30_000)
+            shown = metrics.inner_text().split(",")[0].strip()
+            return model, clicks.count, (f"{model.url.split('#')[-1][:70]}: alias champion and "
+                                         f"the epoch's metrics ({shown}, ...) shown")
 
         for (name, screenshot), walk in zip(
                 (("best trial and epoch", "2_best_trial_run"),
