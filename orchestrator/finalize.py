@@ -6,10 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator import ranking
+from orchestrator import plots, ranking
 from orchestrator.store import optuna_notes
 from orchestrator.store.layout import (STATUS, checkpoint_has, grid_artifact,
-                                       read_checkpoint_file, trial_runs, ui_link)
+                                       read_checkpoint_file, tag_epoch, trial_runs, ui_link)
 from orchestrator.store.models import register_generator
 from orchestrator.store.reader import load_epoch_table
 from orchestrator.view import write_report
@@ -71,10 +71,39 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         summary.update(record_best(cfg, settings, client, parent_run_id, best))
         summary["best"]["versus_lowest"] = versus_lowest(scored, best, cfg.objectives()[0])
     _note_optuna(cfg, client, parent_run_id, summary)
+    if cfg.is_gan:
+        log_contact_sheets(client, cfg.name, parent_run_id, summary.get("best"))
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
     return summary
+
+
+def log_contact_sheets(client, search_name: str, parent_run_id: str,
+                       best: Optional[dict]) -> int:
+    """Each trial's sample grids over training as one image (`contact_sheet/`, at most
+    `plots.CONTACT_ROWS` epochs from its logged grids, evenly spaced); a trial whose sheet
+    cannot be drawn gets the reason as tag `cxr.contact_sheet_skipped`.  Returns how many
+    sheets were logged."""
+    experiment = client.get_experiment_by_name(search_name)
+    logged = 0
+    for run in trial_runs(client, experiment.experiment_id, parent_run_id):
+        run_id, trial = run.info.run_id, run.data.tags.get("cxr.trial_id", run.info.run_id)
+        marked = best["epoch"] if best and str(best.get("trial_id")) == trial else None
+        try:
+            with tempfile.TemporaryDirectory(prefix="cxr-sheet-") as tmp:
+                epochs = [tag_epoch(Path(a.path).stem) for a in client.list_artifacts(run_id, "grids")
+                          if a.path.endswith(".png")]
+                grids = [(e, client.download_artifacts(run_id, grid_artifact(e), tmp))
+                         for e in plots.contact_epochs(epochs)]
+                fig = plots.epochs_sheet(grids, f"trial {trial}: sample grids over training",
+                                          marked)
+                path = plots.save(fig, Path(tmp) / "contact_sheet.png")
+                client.log_artifact(run_id, str(path), artifact_path="contact_sheet")
+                logged += 1
+        except Exception as exc:  # no grids (failed at once), unreadable image: say so
+            client.set_tag(run_id, "cxr.contact_sheet_skipped", f"{type(exc).__name__}: {exc}"[:5000])
+    return logged
 
 
 def _note_optuna(cfg, client, parent_run_id: str, summary: dict) -> None:

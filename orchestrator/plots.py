@@ -337,3 +337,37 @@ def image_panel(images: Sequence[tuple[str, str | Path]], ncols: int = 3) -> Fig
         ax.set_title(title, fontsize="small")
         ax.axis("off")
     return fig
+
+
+# A trial's contact sheet: at most this many of its epochs' grids, evenly spaced, first and last.
+CONTACT_ROWS = 8
+
+
+def contact_epochs(epochs: Sequence[int], rows: int = CONTACT_ROWS) -> list[int]:
+    """At most `rows` of `epochs` (sorted), evenly spaced, always the first and the last."""
+    epochs = sorted(set(int(e) for e in epochs))
+    if len(epochs) <= rows:
+        return epochs
+    picks = np.linspace(0, len(epochs) - 1, rows).round().astype(int)
+    return [epochs[i] for i in sorted(set(picks))]
+
+
+def epochs_sheet(grids: Sequence[tuple[int, str | Path]], title: str,
+                  marked: Optional[int] = None) -> Figure:
+    """One trial's sample grids over training in one image: a row per epoch (the grid PNGs
+    as logged: classes as rows, fixed samples), labelled with the epoch; `marked` (the
+    selected epoch) is said in its label."""
+    if not grids:
+        raise ValueError("no sample grids to put on a contact sheet")
+    images = [(epoch, imread(str(path))) for epoch, path in grids]
+    aspect = max(img.shape[0] / img.shape[1] for _, img in images)
+    fig = Figure(figsize=(6.0, 6.0 * aspect * len(images) + 0.6), layout="constrained")
+    axes = fig.subplots(len(images), 1, squeeze=False).ravel()
+    for ax, (epoch, img) in zip(axes, images):
+        ax.imshow(img)
+        ax.set_axis_off()
+        label = f"epoch {epoch}" + ("  (selected)" if epoch == marked else "")
+        ax.set_title(label, loc="left", fontsize=10,
+                     color="crimson" if epoch == marked else "black")
+    fig.suptitle(title, fontsize=11)
+    return fig

@@ -137,6 +137,8 @@ def _figures(rep: _Report, record, table, ranking, best, objectives, top_k: int)
     _run_images(rep, record, best, "tsne", "t-SNE of real vs synthetic features")
     _run_images(rep, record, best, "memorisation", "The selected generator's fakes nearest a "
                 "training image, beside those images (distance; COPY below the threshold)")
+    _run_images(rep, record, best, "contact_sheet", "The selected trial's sample grids over "
+                "training (evenly spaced epochs; the selected epoch's label in red)")
 
 
 def _run_images(rep: _Report, record, best, folder: str, caption: str) -> None:

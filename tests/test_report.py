@@ -293,3 +293,40 @@ def test_figures_tell_the_truth_about_excluded_epochs_and_constants():
     assert plots.varied(params) == ["lr_g"]
     fig = plots.hparams_vs_objective(params, pd.Series({"a": 2.0, "b": 2.5}), "fid")
     assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] == ["lr_g"]
+
+
+def test_contact_epochs_are_evenly_spaced_with_the_first_and_last():
+    assert plots.contact_epochs(range(5)) == [0, 1, 2, 3, 4]
+    picked = plots.contact_epochs(range(100), rows=8)
+    assert len(picked) == 8 and picked[0] == 0 and picked[-1] == 99
+    assert max(b - a for a, b in zip(picked, picked[1:])) - min(
+        b - a for a, b in zip(picked, picked[1:])) <= 1
+
+
+def test_each_trial_gets_a_contact_sheet_of_its_grids(tmp_path):
+    """finalize draws every trial's sheet from the grids it logged (at most CONTACT_ROWS
+    epochs); a trial without grids gets the reason as a tag instead of a broken image."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from orchestrator.finalize import log_contact_sheets
+    from orchestrator.store.layout import PARENT, ROLE, TRIAL_ID, experiment_id, grid_artifact
+    from orchestrator.store.writer import start_parent_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = start_parent_run(client, "s", {}, {})
+    runs = {}
+    for trial, epochs in (("t1", 12), ("t2", 0)):
+        runs[trial] = client.create_run(experiment_id(client, "s"), tags={
+            ROLE: "trial", PARENT: parent, TRIAL_ID: trial}).info.run_id
+        for epoch in range(epochs):
+            png = tmp_path / trial / grid_artifact(epoch)
+            png.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 120, 3), 20 * epoch % 255, np.uint8)).save(png)
+            client.log_artifact(runs[trial], str(png), artifact_path="grids")
+    assert log_contact_sheets(client, "s", parent, {"trial_id": "t1", "epoch": 5}) == 1
+    sheet = Path(client.download_artifacts(runs["t1"], "contact_sheet/contact_sheet.png",
+                                           str(tmp_path / "got")))
+    width, height = Image.open(sheet).size
+    assert height > 4 * width * 40 / 120  # eight rows of 40x120 grids, stacked
+    assert "no sample grids" in client.get_run(runs["t2"]).data.tags["cxr.contact_sheet_skipped"]

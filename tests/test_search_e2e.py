@@ -154,6 +154,11 @@ def test_smoke_search_end_to_end(smoke_store):
     md = Path(client.download_artifacts(parent.info.run_id, "report/report.md",
                                         str(smoke_store.root / "report-check")))
     assert f"trial `{best_trial}`, epoch {best_epoch}" in md.read_text()
+    # every trial's grids over training in one image, the selected trial's in the report
+    for child in children:
+        sheets = [a.path for a in client.list_artifacts(child.info.run_id, "contact_sheet")]
+        assert sheets == ["contact_sheet/contact_sheet.png"], child.data.tags
+    assert "(logged as contact_sheet/contact_sheet.png)" in md.read_text()
     # covid19-image-dataset has no test split: its val is the study's test set, so the GAN
     # search (training, epoch evaluation, ranking, t-SNE) must never have read it
     from trainables.data import read_split_access_file
