@@ -216,3 +216,18 @@ def test_four_trials_share_one_gpu_at_once(tmp_path, covid3_dir, monkeypatch):
     finally:
         ray.shutdown()
 
+
+
+def test_a_lone_cpu_trial_takes_every_core_of_this_machine():
+    """The smoke budget runs one trial at a time: on a machine alone it gets all its CPUs
+    (torch threads follow), never more than a node has on a cluster, and never when trials
+    share the machine."""
+    import os
+
+    cores = float(os.cpu_count() or 1)
+    lone = cluster.place(_cfg("--smoke"), {"CPU": cores})
+    assert lone.max_concurrent == 1 and lone.cpus_per_worker == (cores if cores > 1 else 1.0)
+    shared = cluster.place(_cfg("--smoke", "--max-concurrent", "2"), {"CPU": cores})
+    assert shared.cpus_per_worker == 1.0
+    cluster_wide = cluster.place(_cfg("--smoke"), {"CPU": cores + 64})
+    assert cluster_wide.cpus_per_worker == 1.0

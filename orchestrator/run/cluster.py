@@ -90,12 +90,25 @@ def place(cfg: SearchConfig, resources: dict, wait: Optional[WaitForGpus] = None
     cpus_per_worker = 0.99 if execution == "train" and cpus <= 2 else 1.0
     if per_worker > 0 and not autoscaling:
         cpus_per_worker = cpu_share(cpus_per_worker, cpus, gpus / per_worker, execution)
+    concurrent = _concurrency(cfg, autoscaling, gpus, cpus, need, cpus_per_worker)
+    if lone_cpu_trial(cfg, execution, per_worker, concurrent, cpus):
+        cpus_per_worker = float(math.floor(cpus))
     return Placement(execution=execution, workers_per_trial=cfg.workers_per_trial,
                      use_gpu=per_worker > 0, gpus_per_worker=per_worker,
                      cpus_per_worker=cpus_per_worker, trials_per_gpu=packed,
                      driver_resource=DRIVER_RESOURCE if resources.get(DRIVER_RESOURCE) else "",
-                     max_concurrent=_concurrency(cfg, autoscaling, gpus, cpus, need,
-                                                 cpus_per_worker))
+                     max_concurrent=concurrent)
+
+
+def lone_cpu_trial(cfg: SearchConfig, execution: str, gpus_per_worker: float,
+                   concurrent: Optional[int], cpus: float) -> bool:
+    """Whether trials run one at a time, on CPUs, on this machine alone (the smoke budget on
+    a laptop or CI): then each takes every core instead of one (Ray sets the trial's
+    OMP_NUM_THREADS from its CPUs, so torch used one core of two and the Inception pass of
+    the evaluation took twice as long).  Not on a cluster: a trial asking for all the
+    cluster's CPUs would fit on no node."""
+    return (execution == "function" and gpus_per_worker == 0 and cfg.workers_per_trial == 1
+            and concurrent == 1 and 1 < cpus <= (os.cpu_count() or 1))
 
 
 def trials_per_gpu(cfg: SearchConfig, gpus: float, free_gpu_mib: FreeGpuMib) -> int:
