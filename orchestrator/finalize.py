@@ -70,24 +70,24 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     else:
         summary.update(record_best(cfg, settings, client, parent_run_id, best))
         summary["best"]["versus_lowest"] = versus_lowest(scored, best, cfg.objectives()[0])
-    _note_optuna(cfg, client, parent_run_id, summary)
+    # One query for both: the trial runs as they ended (after reconcile_running).
+    runs = trial_runs(client, where["experiment_id"], parent_run_id)
+    _note_optuna(cfg, runs, summary)
     if cfg.is_gan:
-        log_contact_sheets(client, cfg.name, parent_run_id, summary.get("best"))
+        log_contact_sheets(client, runs, summary.get("best"))
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
     return summary
 
 
-def log_contact_sheets(client, search_name: str, parent_run_id: str,
-                       best: Optional[dict]) -> int:
-    """Each trial's sample grids over training as one image (`contact_sheet/`, at most
+def log_contact_sheets(client, runs, best: Optional[dict]) -> int:
+    """Each trial run's sample grids over training as one image (`contact_sheet/`, at most
     `plots.CONTACT_ROWS` epochs from its logged grids, evenly spaced); a trial whose sheet
     cannot be drawn gets the reason as tag `cxr.contact_sheet_skipped`.  Returns how many
     sheets were logged."""
-    experiment = client.get_experiment_by_name(search_name)
     logged = 0
-    for run in trial_runs(client, experiment.experiment_id, parent_run_id):
+    for run in runs:
         run_id, trial = run.info.run_id, run.data.tags.get("cxr.trial_id", run.info.run_id)
         marked = best["epoch"] if best and str(best.get("trial_id")) == trial else None
         try:
@@ -106,13 +106,11 @@ def log_contact_sheets(client, search_name: str, parent_run_id: str,
     return logged
 
 
-def _note_optuna(cfg, client, parent_run_id: str, summary: dict) -> None:
+def _note_optuna(cfg, runs, summary: dict) -> None:
     """The ranking's verdicts on the Optuna study (`orchestrator.store.optuna_notes`)."""
     if cfg.scheduler == "pbt":
         return  # PBT searches with Tune's own random starts: no Optuna study
-    experiment = client.get_experiment_by_name(cfg.name)
-    run_ids = {r.data.tags.get("cxr.trial_id", ""): r.info.run_id
-               for r in trial_runs(client, experiment.experiment_id, parent_run_id)}
+    run_ids = {r.data.tags.get("cxr.trial_id", ""): r.info.run_id for r in runs}
     url = optuna_notes.study_url(cfg.storage, cfg.name)
     try:
         optuna_notes.annotate(url, cfg.name, summary["trial_table"], run_ids, summary["best"],

@@ -310,7 +310,8 @@ def test_each_trial_gets_a_contact_sheet_of_its_grids(tmp_path):
     from PIL import Image
 
     from orchestrator.finalize import log_contact_sheets
-    from orchestrator.store.layout import PARENT, ROLE, TRIAL_ID, experiment_id, grid_artifact
+    from orchestrator.store.layout import (PARENT, ROLE, TRIAL_ID, experiment_id, grid_artifact,
+                                           trial_runs)
     from orchestrator.store.writer import start_parent_run
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -324,7 +325,8 @@ def test_each_trial_gets_a_contact_sheet_of_its_grids(tmp_path):
             png.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((40, 120, 3), 20 * epoch % 255, np.uint8)).save(png)
             client.log_artifact(runs[trial], str(png), artifact_path="grids")
-    assert log_contact_sheets(client, "s", parent, {"trial_id": "t1", "epoch": 5}) == 1
+    trials = trial_runs(client, experiment_id(client, "s"), parent)
+    assert log_contact_sheets(client, trials, {"trial_id": "t1", "epoch": 5}) == 1
     sheet = Path(client.download_artifacts(runs["t1"], "contact_sheet/contact_sheet.png",
                                            str(tmp_path / "got")))
     width, height = Image.open(sheet).size

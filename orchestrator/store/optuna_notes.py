@@ -16,10 +16,16 @@ from pathlib import Path
 import optuna
 
 
-def study_url(storage: str, name: str) -> str:
-    """Where the search's Optuna study lives (`orchestrator.run.tuner.optuna_storage`)."""
+def study_path(storage: str, name: str) -> Path:
+    """The search's Optuna study file: beside the Tune results (./ray_results for a remote
+    --storage)."""
     root = Path(storage) if "://" not in storage else Path("ray_results").resolve()
-    return f"sqlite:///{root / (name + '-optuna.db')}"
+    return root / f"{name}-optuna.db"
+
+
+def study_url(storage: str, name: str) -> str:
+    """The study's storage URL (`orchestrator.run.tuner.optuna_storage` opens it)."""
+    return f"sqlite:///{study_path(storage, name)}"
 
 
 def trial_line(row: dict, run_id: str, objective: str) -> str:
