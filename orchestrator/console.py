@@ -52,7 +52,10 @@ class ConsoleCallback(Callback):
         self.clock = clock
         self.progress_every_s = progress_every_s
         self.start = clock()
-        self.done_at_start = 0  # epochs already run when this process started (resume)
+        # The ETA's clock starts at the first result this process sees: what comes before it
+        # (Ray's start, the data, the real images' Inception statistics) is setup, not a rate.
+        self.first_at: Optional[float] = None
+        self.ran_at_first = 0
         self.last_progress = -math.inf
         self.epochs_done: dict[str, int] = {}
         self.ended: dict[str, str] = {}
@@ -68,7 +71,7 @@ class ConsoleCallback(Callback):
         self.__dict__.update({"max_images": 0, "images_done": {}, **state,
                               "clock": time.monotonic})
         self.start, self.last_progress = time.monotonic(), -math.inf
-        self.done_at_start = self._done()
+        self.first_at, self.ran_at_first = None, 0
 
     def _print(self, line: str) -> None:
         print(line, file=self.out or sys.stdout, flush=True)
@@ -78,6 +81,8 @@ class ConsoleCallback(Callback):
         self.epochs_done[trial.trial_id] = epoch + 1
         if _number(result.get("images_seen")) is not None:
             self.images_done[trial.trial_id] = int(result["images_seen"])
+        if self.first_at is None:
+            self.first_at, self.ran_at_first = self.clock(), self._ran()
         value = _number(result.get(self.objective))
         if value is not None and (self.best is None or
                                   (value < self.best[0] if self.mode == "min" else value > self.best[0])):
@@ -122,14 +127,17 @@ class ConsoleCallback(Callback):
 
     def progress(self) -> str:
         """`[#####-----] 12/40 epochs, 1/4 trials ended, 2m10s, ETA 6m30s; best fid 3.1 (trial
-        t, epoch 2)`.  The ETA assumes the remaining trials run the full budget (ASHA stops
-        make it shorter).  With an image budget the units are images."""
+        t, epoch 2)`.  The ETA is the work left (the remaining trials at their full budget:
+        ASHA stops make it shorter) at the rate measured since the first result of this
+        process, from epochs (images) actually run; none before a second result.  With an
+        image budget the units are images."""
         total = self.num_samples * self._per_trial()
         done = self._done()
         self.last_progress = self.clock()
         elapsed = self.last_progress - self.start
-        ran = done - self.done_at_start
-        eta = elapsed / ran * (total - done) if ran > 0 else math.nan
+        started = self.first_at is not None
+        ran = self._ran() - self.ran_at_first if started else 0
+        eta = (self.last_progress - self.first_at) / ran * (total - done) if ran > 0 else math.nan
         bar = "#" * round(20 * done / total) + "-" * (20 - round(20 * done / total))
         best = (f"; best {self.objective} {self.best[0]:.4g} (trial {self.best[1]}, epoch "
                 f"{self.best[2]})" if self.best else "")
@@ -142,6 +150,11 @@ class ConsoleCallback(Callback):
 
     def _unit(self) -> str:
         return "images" if self.max_images else "epochs"
+
+    def _ran(self) -> int:
+        """Epochs (images) run in this process's view, without the budgets of ended trials."""
+        ran = self.images_done if self.max_images else self.epochs_done
+        return sum(min(n, self._per_trial()) for n in ran.values())
 
     def _done(self) -> int:
         """Epochs (images) run, counting an ended trial as its whole budget (it will run no
