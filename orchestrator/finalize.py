@@ -75,6 +75,7 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
     _note_optuna(cfg, runs, summary)
     if cfg.is_gan:
         log_contact_sheets(client, runs, summary.get("best"))
+        log_training_curves(client, runs, scored)
     _log_report(cfg, client, parent_run_id)
     client.set_terminated(parent_run_id, "FINISHED")
     print(format_summary(summary))
@@ -103,6 +104,28 @@ def log_contact_sheets(client, runs, best: Optional[dict]) -> int:
                 logged += 1
         except Exception as exc:  # no grids (failed at once), unreadable image: say so
             client.set_tag(run_id, "cxr.contact_sheet_skipped", f"{type(exc).__name__}: {exc}"[:5000])
+    return logged
+
+
+def log_training_curves(client, runs, table) -> int:
+    """Each trial run's G and D losses and `d_g_z1`/`d_g_z2` on one panel
+    (`curves/training.png`): MLflow charts one metric per chart, and the two scores of the
+    fakes are read together.  A trial with nothing to draw gets tag
+    `cxr.training_curves_skipped`.  Returns how many figures were logged."""
+    logged = 0
+    for run in runs:
+        run_id, trial = run.info.run_id, run.data.tags.get("cxr.trial_id", run.info.run_id)
+        rows = table[table["trial_id"].astype(str) == str(trial)] if len(table) else table
+        try:
+            if not len(rows):
+                raise ValueError("the trial reported no epoch")
+            with tempfile.TemporaryDirectory(prefix="cxr-curves-") as tmp:
+                path = plots.save(plots.loss_curves(rows), Path(tmp) / "training.png")
+                client.log_artifact(run_id, str(path), artifact_path="curves")
+            logged += 1
+        except Exception as exc:  # nothing logged, unreadable values: say so on the run
+            client.set_tag(run_id, "cxr.training_curves_skipped",
+                           f"{type(exc).__name__}: {exc}"[:5000])
     return logged
 
 

@@ -332,3 +332,29 @@ def test_each_trial_gets_a_contact_sheet_of_its_grids(tmp_path):
     width, height = Image.open(sheet).size
     assert height > 4 * width * 40 / 120  # eight rows of 40x120 grids, stacked
     assert "no sample grids" in client.get_run(runs["t2"]).data.tags["cxr.contact_sheet_skipped"]
+
+
+def test_each_trial_gets_its_losses_and_both_scores_of_the_fakes_on_one_figure(tmp_path):
+    """MLflow draws one metric per chart: finalize logs d_g_z1 and d_g_z2 (and the losses) of
+    each trial as one figure; a trial that reported no epoch gets the reason as a tag."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from orchestrator.finalize import log_training_curves
+    from orchestrator.store.layout import PARENT, ROLE, TRIAL_ID, experiment_id, trial_runs
+    from orchestrator.store.writer import start_parent_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = start_parent_run(client, "s", {}, {})
+    runs = {trial: client.create_run(experiment_id(client, "s"), tags={
+        ROLE: "trial", PARENT: parent, TRIAL_ID: trial}).info.run_id for trial in ("t1", "t2")}
+    epochs = np.arange(6)
+    table = pd.DataFrame({"trial_id": "t1", "epoch": epochs, "g_loss": 2.0 - 0.1 * epochs,
+                          "d_loss": 0.5 + 0.05 * epochs, "d_g_z1": 0.2 + 0.01 * epochs,
+                          "d_g_z2": 0.3 - 0.01 * epochs})
+    assert log_training_curves(client, trial_runs(client, experiment_id(client, "s"), parent),
+                               table) == 1
+    png = Path(client.download_artifacts(runs["t1"], "curves/training.png", str(tmp_path / "got")))
+    width, height = Image.open(png).size
+    assert width > 2 * height  # three panels side by side: g_loss, d_loss, d_g_z1 + d_g_z2
+    assert "no epoch" in client.get_run(runs["t2"]).data.tags["cxr.training_curves_skipped"]

@@ -158,6 +158,8 @@ def test_smoke_search_end_to_end(smoke_store):
     for child in children:
         sheets = [a.path for a in client.list_artifacts(child.info.run_id, "contact_sheet")]
         assert sheets == ["contact_sheet/contact_sheet.png"], child.data.tags
+        curves = [a.path for a in client.list_artifacts(child.info.run_id, "curves")]
+        assert curves == ["curves/training.png"], child.data.tags
     assert "(logged as contact_sheet/contact_sheet.png)" in md.read_text()
     # covid19-image-dataset has no test split: its val is the study's test set, so the GAN
     # search (training, epoch evaluation, ranking, t-SNE) must never have read it
