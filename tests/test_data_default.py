@@ -38,7 +38,7 @@ def test_failed_download_is_tried_once_then_stand_in(monkeypatch, caplog):
 
     def no_network(root, size, timeout):
         calls.append((root, size))
-        return None
+        return "no network (the test)"
 
     monkeypatch.delenv("CXR_OFFLINE", raising=False)
     monkeypatch.setattr(default, "_download", no_network)
@@ -47,6 +47,10 @@ def test_failed_download_is_tried_once_then_stand_in(monkeypatch, caplog):
         second = default.resolve_default(64)
     assert first == second == default.stand_in_path()
     assert [size for _, size in calls] == [64]  # the _64 variant was asked for, once
+    # one line: which data instead, why (the download's reason), and where the real file goes
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "LOCAL STAND-IN" in lines[0], lines
+    assert "pneumoniamnist_64.npz is not in" in lines[0] and "no network (the test)" in lines[0]
 
 
 def test_real_download_attempt_fails_fast_offline(tmp_path, monkeypatch):
@@ -61,7 +65,8 @@ def test_real_download_attempt_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     start = time.monotonic()
-    assert default._download(tmp_path / "root", 28, timeout=3.0) is None
+    reason = default._download(tmp_path / "root", 28, timeout=3.0)
+    assert isinstance(reason, str) and reason
     assert time.monotonic() - start < 10
 
 

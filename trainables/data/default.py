@@ -43,8 +43,9 @@ def stand_in_path() -> Path:
     return repo_root.parent / "shared" / "data" / "medmnist" / npz_name(28)
 
 
-def _download(root: Path, size: int, timeout: float) -> Path | None:
-    """Try the medmnist package's own download; None (logged) on any failure."""
+def _download(root: Path, size: int, timeout: float) -> Path | str:
+    """Try the medmnist package's own download: the file, or on any failure the reason (one
+    line), which the caller folds into the line that names the data set it uses instead."""
     result: dict = {}
 
     def target() -> None:
@@ -67,10 +68,8 @@ def _download(root: Path, size: int, timeout: float) -> Path | None:
     thread.join(timeout)
     if result.get("ok") and (root / npz_name(size)).is_file():
         return root / npz_name(size)
-    reason = result.get("error", f"no answer within {timeout:.0f} s")
-    log.warning("medmnist download of %s failed: %s", npz_name(size),
-                str(reason).strip().splitlines()[0] if str(reason).strip() else reason)
-    return None
+    reason = str(result.get("error", f"no answer within {timeout:.0f} s")).strip()
+    return reason.splitlines()[0] if reason else "unknown error"
 
 
 _RESOLVED: dict[tuple[str, int], Path] = {}  # filled on use: one download attempt per process
@@ -96,18 +95,21 @@ def _resolve(root: Path, size: int, resolution: int, download_timeout: float) ->
         log.warning("default data set: %s (MedMNIST root)", root / npz_name(size))
         return root / npz_name(size)
     offline = os.environ.get(OFFLINE_ENV, "") not in ("", "0")
-    downloaded = None if offline else _download(root, size, download_timeout)
-    if downloaded:
+    downloaded = f"{OFFLINE_ENV} is set" if offline else _download(root, size, download_timeout)
+    if isinstance(downloaded, Path):
         log.warning("default data set: %s (downloaded by medmnist)", downloaded)
         return downloaded
+    # One line says which data is used instead and why: the failed download is its reason,
+    # not a separate warning above it.
+    missing = (f"{npz_name(size)} is not in {root} and medmnist could not download it "
+               f"({downloaded}); put it there for the real {size} px images")
     if present:
-        log.warning("default data set: %s (MedMNIST root; %d px wanted for resolution %d)",
-                    present[-1], size, resolution)
+        log.warning("default data set: %s (MedMNIST root; %s)", present[-1], missing)
         return present[-1]
     stand_in = stand_in_path()
     if stand_in.is_file():
-        log.warning("default data set: LOCAL STAND-IN %s (no MedMNIST download possible); "
-                    "its images are 28x28 and are resized to %d", stand_in, resolution)
+        log.warning("default data set: LOCAL STAND-IN %s, 28x28 images resized to %d (%s)",
+                    stand_in, resolution, missing)
         return stand_in
     raise DataError(f"default data set not found: put {npz_name(size)} (or {npz_name(28)}) "
                     f"from https://zenodo.org/records/10519652 into {root} (or set "
