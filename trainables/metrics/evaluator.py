@@ -93,7 +93,8 @@ class GanEvaluator:
         self.protocol: dict = {"n_real": len(real), "n_fake": self.n_fake, "seed": seed,
                                "real_split": real.split, "real_fingerprint": real.fingerprint,
                                "resolution": int(real.images.shape[1]), "latent": latent_dist,
-                               "cas_n_train": len(real), "skipped": {}}
+                               "cas_n_train": len(real), "cas_min_steps": cas_min_steps,
+                               "skipped": {}}
         self.extractor = self._load_extractor(extractor, dims, weights_path, hub_dir,
                                               torchscript_dir)
         if self.extractor is None and "visual" in self.metrics:
