@@ -47,7 +47,7 @@ def test_eval_cache_prints_the_ratio(covid3_dir, tmp_path):
 
 def test_tune_overhead_prints_both_comparisons(covid3_dir, tmp_path):
     out = run("tune_overhead.py", "--data", str(covid3_dir), "--trials", "1", "--epochs", "1",
-              "--compare-searchers", "2", tmp_path=tmp_path)
+              "--compare-searchers", "1", tmp_path=tmp_path)
     assert "Tune overhead ratio" in out and "ratio random/optuna" in out
 
 
@@ -62,13 +62,26 @@ def test_gan_learns_prints_the_table_and_writes_grids(covid3_dir, tmp_path):
 
 
 def test_checkpoint_disk_prints_bytes_per_trial(covid3_dir, tmp_path):
+    # part 2 (real one-trial searches) is left out here: the product's own disk bound over a
+    # real search is tests/test_search_survives.py's
     out = run("checkpoint_disk.py", "--epochs", "2", "--keep", "1", "--data", str(covid3_dir),
-              tmp_path=tmp_path)
-    assert "ratio kept/every" in out and "s0 at seed size" in out
+              "--no-search", tmp_path=tmp_path)
+    assert "state.pt files kept" in out and "s0 at seed size" in out
+
+
+def small_radiography(radiography_dir: Path, folder: Path, per_class: int = 150) -> Path:
+    """The first `per_class` images of each class of covid19-radiography-subset, linked: the
+    same kind of data at a tenth of the size (the script's run, not its answer, is tested)."""
+    for cls in ("COVID", "Normal"):
+        (folder / cls).mkdir(parents=True)
+        for image in sorted((radiography_dir / cls).iterdir())[:per_class]:
+            (folder / cls / image.name).symlink_to(image)
+    return folder
 
 
 def test_augmentation_answer_quick_writes_the_paired_verdicts(radiography_dir, tmp_path):
-    out = run("augmentation_answer.py", "--quick", "--data", str(radiography_dir), "--out",
+    data = small_radiography(radiography_dir, tmp_path / "radiography-small")
+    out = run("augmentation_answer.py", "--quick", "--data", str(data), "--out",
               str(tmp_path / "answer"), tmp_path=tmp_path)
     report = next((tmp_path / "answer").glob("*.md")).read_text()
     assert "macro F1" in report and ("beats" in report or "no evidence" in report
