@@ -41,6 +41,17 @@ def pneumoniamnist_npz(shared_data: Path) -> Path:
     return shared_data / "medmnist" / "pneumoniamnist.npz"
 
 
+SEARCH_CACHE_ENV = "CXR_TEST_SEARCH_CACHE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_cache_for_the_searches(tmp_path_factory):
+    """The cache folder test_search_e2e.env_for gives the searches it starts (one per session)."""
+    os.environ[SEARCH_CACHE_ENV] = str(tmp_path_factory.mktemp("search-cache"))
+    yield
+    os.environ.pop(SEARCH_CACHE_ENV, None)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     # Two cores are shared by the whole suite; oversubscribing them makes it slower.

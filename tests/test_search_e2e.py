@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SEARCH_CACHE_ENV
 from orchestrator.store.layout import metric_key
 
 
@@ -36,8 +37,12 @@ def search_cmd(tmp_path: Path, name: str, data: Path, *extra: str) -> list[str]:
 
 
 def env_for(tmp_path: Path) -> dict:
+    # The searches of one test session share a cache (conftest's SEARCH_CACHE_ENV): the real
+    # images' Inception statistics and the decoded data are the same for all of them and cost
+    # ~20 s a search on 2 cores; what the caches do is tested where they are the subject.
+    cache = os.environ.get(SEARCH_CACHE_ENV) or str(tmp_path / "cache")
     env = dict(os.environ)
-    env.update(CXR_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(REPO_ROOT),
+    env.update(CXR_CACHE_DIR=cache, PYTHONPATH=str(REPO_ROOT),
                RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     return env
 
@@ -218,6 +223,7 @@ def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, c
         cfg = search.config_from_args([
             "acgan", "--smoke", "--data", str(covid3_dir), "--name", "multinode", "--duplicates", "keep",
             "--num-samples", "2", "--max-epochs", "1", "--scheduler", "none",
+            "--eval-metrics", "fid",  # where trials run is tested, not what they measure
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
         summary = pipeline.run_search(cfg)
         assert summary["trials"] == 2
@@ -247,7 +253,7 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
         cfg = search.config_from_args([
             "cgan", "--smoke", "--data", str(covid3_dir), "--name", "ddp",
             "--num-samples", "1", "--max-epochs", "2", "--scheduler", "none",
-            "--execution", "train", "--workers-per-trial", "2",
+            "--execution", "train", "--workers-per-trial", "2", "--eval-metrics", "fid",
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
         summary = pipeline.run_search(cfg)
         assert summary["trials"] == 1

@@ -35,7 +35,8 @@ def test_a_diverging_trial_and_unevaluated_epochs_do_not_end_the_search(tmp_path
     name = "e2e-diverge"
     proc = _run(tmp_path, name, covid3_dir, "--num-samples", "3", "--max-epochs", "2",
                 "--eval-every", "2", "--scheduler", "asha", "--set", "optimizer=sgd",
-                "--set", "momentum=0.0", "--set", "lr_g=1.0e+30", "--set", "lr_d=1.0e+30")
+                "--set", "momentum=0.0", "--set", "lr_g=1.0e+30", "--set", "lr_d=1.0e+30",
+                "--eval-metrics", "fid")
     assert "diverged: 1 trial(s)" in proc.stdout and "non-finite" in proc.stdout
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
     status = {c.data.tags["cxr.trial_id"]: c.data.tags.get("cxr.status") for c in children}
@@ -65,7 +66,8 @@ def test_disk_is_bounded_over_an_eight_epoch_trial(tmp_path, covid3_dir):
     name = "e2e-disk"
     # a full state every epoch: the bound of 2, not the schedule, must keep the disk small
     _run(tmp_path, name, covid3_dir, "--num-samples", "1", "--max-epochs", "8",
-         "--scheduler", "none", "--keep-epochs", "5", "--set", "state_every=1")
+         "--scheduler", "none", "--keep-epochs", "5", "--set", "state_every=1",
+         "--eval-metrics", "fid")  # the disk is the subject, FID alone ranks the epochs
     trials = [p for p in (tmp_path / "ray_results" / name).iterdir() if p.is_dir()]
     assert len(trials) == 1
     states = list(trials[0].glob("states/epoch_*/state.pt"))
@@ -102,8 +104,9 @@ def test_sigkill_then_resume_without_a_name(tmp_path, covid3_dir):
     the search (not the Optuna file, not a Train folder), finishes it with no duplicated
     trial run, no RUNNING run left and at most one epoch per trial repeated."""
     name = "acgan-s0-20261125-000000"  # a default-style name: --resume must find it
+    # FID alone: what is tested is the kill and the resume, not the selection
     extra = ("--num-samples", "3", "--max-epochs", "3", "--scheduler", "none",
-             "--max-concurrent", "2", "--set", "state_every=1")
+             "--max-concurrent", "2", "--set", "state_every=1", "--eval-metrics", "fid")
     storage = tmp_path / "ray_results"
     proc = subprocess.Popen(search_cmd(tmp_path, name, covid3_dir, *extra), cwd=tmp_path,
                             env=env_for(tmp_path), stdout=subprocess.DEVNULL,

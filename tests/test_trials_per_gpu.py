@@ -198,7 +198,9 @@ def test_four_trials_share_one_gpu_at_once(tmp_path, covid3_dir, monkeypatch):
             "acgan", "--smoke", "--data", str(covid3_dir), "--name", "packed",
             "--duplicates", "keep", "--num-samples", "4", "--trials-per-gpu", "4",
             "--scheduler", "none", "--execution", "function", "--max-epochs", "2",
-            "--eval-metrics", "fid", "--storage", str(tmp_path / "ray_results"),
+            # where trials run is the subject: no Inception (four at once on 2 cores)
+            "--eval-metrics", "visual", "--objective", "g_loss",
+            "--storage", str(tmp_path / "ray_results"),
             "--mlflow-uri", uri])
         started = time.time()
         summary = pipeline.run_search(cfg)
@@ -229,5 +231,9 @@ def test_a_lone_cpu_trial_takes_every_core_of_this_machine():
     assert lone.max_concurrent == 1 and lone.cpus_per_worker == (cores if cores > 1 else 1.0)
     shared = cluster.place(_cfg("--smoke", "--max-concurrent", "2"), {"CPU": cores})
     assert shared.cpus_per_worker == 1.0
+    # one trial, however many may run at once, is alone
+    single = cluster.place(_cfg("--smoke", "--num-samples", "1", "--scheduler", "none"),
+                           {"CPU": cores})
+    assert single.cpus_per_worker == (cores if cores > 1 else 1.0)
     cluster_wide = cluster.place(_cfg("--smoke"), {"CPU": cores + 64})
     assert cluster_wide.cpus_per_worker == 1.0
