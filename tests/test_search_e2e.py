@@ -334,13 +334,14 @@ def test_classifier_tune_search(tmp_path, covid3_dir):
 
 def test_pbt_ranking_follows_checkpoint_lineage(tmp_path, covid3_dir):
     """PBT (random starts, no Optuna): exploited trials continue other trials' weights; the
-    ranking table says from which (trial, epoch) each epoch descends."""
+    ranking table says from which (trial, epoch) each epoch descends.  PBT exploits on the G
+    loss: what is tested is the lineage, not the selection (CAS every epoch cost ~150 s)."""
     import pandas as pd
 
     name = "e2e-pbt"
     proc = subprocess.run(
         search_cmd(tmp_path, name, covid3_dir, "--scheduler", "pbt", "--num-samples", "4",
-                   "--max-epochs", "4", "--eval-metrics", "cas,visual", "--objective", "cas_acc"),
+                   "--max-epochs", "4", "--eval-metrics", "visual", "--objective", "g_loss"),
         cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     client, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", name)
