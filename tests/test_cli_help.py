@@ -49,6 +49,18 @@ def test_help_imports_nothing_heavy(module):
     assert "examples:" in out  # two real command lines in every epilog
 
 
+def test_every_command_groups_its_options_and_shows_defaults():
+    import importlib
+
+    for param in COMMANDS:
+        parser = importlib.import_module(param.values[0]).build_parser
+        parser = parser() if param.values[0] != "orchestrator.study.cli" else parser("study")
+        text = parser.format_help()
+        named = [g.title for g in parser._action_groups if g._group_actions]
+        assert len(named) >= 3, (param.id, named)  # options, plus at least two groups
+        assert "(default: " in text or "default " in text, param.id
+
+
 @pytest.mark.parametrize("module", COMMANDS)
 def test_an_option_error_imports_nothing_heavy(module):
     assert probe(module, ["--no-such-option"])[:2] == ("2", "")
@@ -86,6 +98,20 @@ def test_set_help_of_a_classifier_search(capsys):
     assert search.main(["classifier", "--tune", "--smoke", "--set", "help"]) == 0
     out = capsys.readouterr().out
     assert "ClassifierConfig fields" in out and "\ndropout " in out
+
+
+def test_set_help_of_the_study(capsys):
+    """`cxr-study --set help` lists the classifier fields and the budget, with the values
+    this command line starts from (it used to fail: "expected KEY=VALUE")."""
+    from orchestrator.study import cli as study_cli
+
+    assert study_cli.main(["--smoke", "--set", "help", "--set", "lr=0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "ClassifierConfig fields (the study, smoke budget)" in out
+    lr = next(line.split() for line in out.splitlines() if line.startswith("lr "))
+    assert lr == ["lr", "float", "0.0001", "0.001"]  # key, type, default, this study
+    assert "seeds (now 0)" in out
+    assert study_cli.main(["--smoke", "--set", "help", "--set", "no_such_knob=1"]) == 2
 
 
 def test_set_help_still_rejects_bad_values(capsys):

@@ -9,7 +9,6 @@ from PIL import Image
 from trainables.metrics.features import PT_FID_FILE, load_extractor
 from trainables.metrics.inception_score import inception_score
 from trainables.metrics.tsne import tsne_plot
-from trainables.metrics.visual import contact_sheet
 
 
 @pytest.mark.slow  # sklearn t-SNE: ~10 s idle, ~50 s on the shared 2 cores
@@ -19,20 +18,6 @@ def test_tsne_png(tmp_path):
     assert Image.open(out).size[0] > 100
 
 
-def test_contact_sheet_puts_real_next_to_grids(tmp_path):
-    grid = tmp_path / "ckpt" / "grid.png"
-    grid.parent.mkdir()
-    Image.fromarray(np.full((48, 96), 128, np.uint8)).save(grid)
-    real = np.random.default_rng(0).integers(0, 255, (12, 16, 16, 1), dtype=np.uint8)
-    out = contact_sheet([("trial a / epoch 7", grid)], real, np.arange(12) % 3,
-                        ["Covid", "Normal", "Viral Pneumonia"], tmp_path / "sheet.png", per_class=4)
-    assert out.is_file()
-    with pytest.raises(FileNotFoundError, match="grid.png"):
-        contact_sheet([("x", tmp_path / "missing.png")], real, np.arange(12) % 3, ["a", "b", "c"],
-                      tmp_path / "s2.png")
-
-
-@pytest.mark.slow
 def test_pytorch_fid_weights_are_read_from_the_hub_cache_without_download(tmp_path):
     """Plumbing only: a state dict with pytorch-fid's layout (random values, never used as a
     metric) placed where the real weights go must load from disk and expose 1008 logits."""

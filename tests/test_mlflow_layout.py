@@ -31,6 +31,9 @@ def test_the_ui_opens_on_the_evaluation_and_old_bounds_still_read():
                                                       "time_eval_s", "test_f1")}
     assert sorted(groups)[0] == "eval"
     assert metric_name("ci/kid_ci_low") == "kid_ci_low"  # stores written before the rename
+    # a training counter is no evaluation: it does not head the eval section
+    assert metric_key("images_seen") == "train/images_seen"
+    assert metric_name("eval/images_seen") == "images_seen"  # stores written before
 
 
 def test_keys_outside_the_groups_are_read_as_they_are():
@@ -47,7 +50,7 @@ def _result(epoch: int, fid: float, world_size: int = 1) -> dict:
 def test_a_trial_is_logged_in_groups_with_constants_as_params_and_resumes(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    client.create_experiment("s")
+    client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
     parent = start_parent_run(client, "s", {"experiment": "acgan"}, {})
     trial = SimpleNamespace(trial_id="t1", config={"lr_g": 2e-4}, last_result={})
     callback = MlflowSearchCallback(uri, "s", parent, dataset=(str(tmp_path), "f" * 64))

@@ -1,6 +1,8 @@
 """Ranking policies on hand-built tables, verdicts, and the re-rank CLI on a real MLflow store."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,7 +105,9 @@ def _fake_search(uri, name):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
-    exp = client.create_experiment(name)
+    # artefacts beside the database, not in ./mlruns of wherever pytest runs
+    exp = client.create_experiment(name, artifact_location=str(
+        Path(uri.removeprefix("sqlite:///")).parent / "artifacts"))
     parent = client.create_run(exp, tags={"cxr.role": "search"}).info.run_id
     for _, g in _table().groupby("trial_id"):
         tid = g["trial_id"].iloc[0]
@@ -174,7 +178,7 @@ def test_a_search_whose_epochs_lack_the_policys_metrics_still_finishes(tmp_path,
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    exp = client.create_experiment("no-g")
+    exp = client.create_experiment("no-g", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"cxr.role": "search"}).info.run_id
     trial = client.create_run(exp, tags={"cxr.role": "trial", "cxr.trial_id": "t1",
                                          "mlflow.parentRunId": parent}).info.run_id

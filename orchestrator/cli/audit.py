@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.cli import check_out_folder
-from orchestrator.cli.search import add_class_options
+from orchestrator.cli.search import HelpFormatter, add_class_options
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 SPACES = ("pixel", "inception")
@@ -47,35 +47,40 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.audit",
                                 description=__doc__.split("\n")[0], epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = p.add_mutually_exclusive_group(required=True)
+                                formatter_class=HelpFormatter)
+    what = p.add_argument_group("the synthetic images")
+    source = what.add_mutually_exclusive_group(required=True)
     source.add_argument("--synthetic", help="folder of synthetic PNG/JPEG images (read "
                         "recursively)")
     source.add_argument("--generator", help="a generator to draw the images from: "
                         "models:/NAME@ALIAS, NAME@ALIAS, NAME/VERSION, runs:/RUN_ID (looked up "
                         "in --mlflow-uri), or a generator.pt / state.pt / checkpoint folder")
-    p.add_argument("--per-class", type=int, default=100, help="with --generator: images drawn "
-                   "per class (default 100)")
-    p.add_argument("--mlflow-uri", default=None, help="with --generator: the MLflow store to "
-                   "look the model up in (default: the search's default store)")
-    p.add_argument("--data", default=None, help="the training data source (as for "
-                   "`python -m orchestrator.search --data`); required")
-    p.add_argument("--heldout", default=None, help="folder of held-out real images (default: "
-                   "the source's validation hold-out)")
-    p.add_argument("--space", choices=SPACES, default="pixel", help="pixel: 32 px grey "
-                   "standardised thumbnails (fast); inception: 2048-d FID Inception features")
-    p.add_argument("--q", type=float, default=DEFAULT_Q, help="quantile of held-out "
-                   f"nearest-training distances below which a fake is a copy (default {DEFAULT_Q})")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"PRDC's k (default {DEFAULT_K})")
-    p.add_argument("--top", type=int, default=8, help="most-copied pairs to print and draw")
-    p.add_argument("--resolution", type=int, default=None, help="compare at this size "
-                   "(default: the commonest size of the synthetic images)")
-    p.add_argument("--duplicates", choices=("error", "keep", "drop"), default="keep",
-                   help="how the data loader treats byte-identical images (default keep)")
-    add_class_options(p)
-    p.add_argument("--json", default=None, help="write the result here (default <out>/audit.json)")
-    p.add_argument("--out", default="audit", help="folder for audit.json and most_copied.png")
-    p.add_argument("--device", default="cpu", help="torch device for --space inception")
+    what.add_argument("--per-class", type=int, default=100, help="with --generator: images "
+                      "drawn per class")
+    what.add_argument("--mlflow-uri", default=None, help="with --generator: the MLflow store to "
+                      "look the model up in (default: the search's default store)")
+    real = p.add_argument_group("the real images")
+    real.add_argument("--data", default=None, help="the training data source (as for "
+                      "`python -m orchestrator.search --data`); required")
+    real.add_argument("--heldout", default=None, help="folder of held-out real images "
+                      "(default: the source's validation hold-out)")
+    real.add_argument("--duplicates", choices=("error", "keep", "drop"), default="keep",
+                      help="how the data loader treats byte-identical images")
+    add_class_options(real)
+    how = p.add_argument_group("the comparison")
+    how.add_argument("--space", choices=SPACES, default="pixel", help="pixel: 32 px grey "
+                     "standardised thumbnails (fast); inception: 2048-d FID Inception features")
+    how.add_argument("--q", type=float, default=DEFAULT_Q, help="quantile of held-out "
+                     "nearest-training distances below which a fake is a copy")
+    how.add_argument("--k", type=int, default=DEFAULT_K, help="PRDC's k")
+    how.add_argument("--resolution", type=int, default=None, help="compare at this size "
+                     "(default: the commonest size of the synthetic images)")
+    how.add_argument("--device", default="cpu", help="torch device for --space inception")
+    out = p.add_argument_group("output")
+    out.add_argument("--top", type=int, default=8, help="most-copied pairs to print and draw")
+    out.add_argument("--json", default=None, help="write the result here (default "
+                     "<out>/audit.json)")
+    out.add_argument("--out", default="audit", help="folder for audit.json and most_copied.png")
     return p
 
 

@@ -316,11 +316,11 @@ def print_set_help(cfg: SearchConfig) -> None:
           f"The keys search_spaces/{cfg.experiment}.py samples are set per trial, over these.")
 
 
-def config_table(kind, start: dict) -> str:
+def config_table(kind, start: dict, column: str = "THIS SEARCH") -> str:
     """One line per dataclass field: key, type, default, and the start value if it differs."""
     import dataclasses
 
-    rows = [("KEY", "TYPE", "DEFAULT", "THIS SEARCH")]
+    rows = [("KEY", "TYPE", "DEFAULT", column)]
     for f in dataclasses.fields(kind):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         value = start.get(f.name, default)

@@ -44,7 +44,7 @@ METRIC_GROUPS = ("train", "eval", "eval_ci", "search", "test", "time", "ci")
 _TRAIN_METRICS = frozenset({
     "g_loss", "d_loss", "d_x", "d_g_z1", "d_g_z2", "d_fake_acc", "d_real_acc", "aux_class_acc",
     "d_steps", "g_steps", "lr_d", "lr_g", "epoch_s", "images_per_s", "diverged",
-    "train_loss", "train_accuracy", "epoch_time_s"})
+    "train_loss", "train_accuracy", "epoch_time_s", "images_seen"})
 # Per-trial constants, not curves: logged once as params (the first value stands, as for
 # every MLflow param) under these names; `epoch` is the step itself and is not logged.
 CONSTANT_PARAMS = {

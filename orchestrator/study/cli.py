@@ -6,7 +6,8 @@ import sys
 from typing import Optional, Sequence
 
 from orchestrator.cli import parse_then_run
-from orchestrator.study.config import config_from_args
+from orchestrator.cli.search import SET_HELP, config_table
+from orchestrator.study.config import build_parser, config_from_namespace, study_settings
 
 
 def main(argv: Optional[Sequence[str]] = None, *,
@@ -16,7 +17,26 @@ def main(argv: Optional[Sequence[str]] = None, *,
 
         driver.run(cfg)
 
-    return parse_then_run(lambda: config_from_args(argv, prog=prog), run)
+    args = build_parser(prog).parse_args(argv)
+    if SET_HELP in args.overrides:
+        args.overrides = [o for o in args.overrides if o != SET_HELP]
+        return parse_then_run(lambda: config_from_namespace(args), print_set_help)
+    return parse_then_run(lambda: config_from_namespace(args), run)
+
+
+def print_set_help(cfg) -> None:
+    """`--set help`: the ClassifierConfig fields and the budget keys --set overrides, with
+    their types, defaults and the values this command line starts every classifier from."""
+    from trainables.classifier.config import ClassifierConfig
+
+    budget, base = study_settings(cfg)
+    start = {**base, "source": cfg.data,
+             **{k: budget[k] for k in ("resolution", "epochs", "model", "n_boot")}}
+    print(f"--set KEY=VALUE overrides these ClassifierConfig fields (the study"
+          f"{', smoke budget' if cfg.smoke else ''}):\n")
+    print(config_table(ClassifierConfig, start, "THIS STUDY"))
+    print(f"\nand the budget: seeds (now {','.join(map(str, budget['seeds']))}).\n"
+          "Values are YAML: --set epochs=10 --set seeds=0,1,2,3,4 --set lr=1e-4.")
 
 
 if __name__ == "__main__":

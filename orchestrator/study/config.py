@@ -124,7 +124,12 @@ def build_parser(prog: str = "python -m orchestrator.study") -> argparse.Argumen
 def config_from_args(argv: Optional[Sequence[str]] = None, *,
                      prog: str = "python -m orchestrator.study") -> StudyConfig:
     """Parse and validate; a bad value raises ValueError naming the option."""
-    args = vars(build_parser(prog).parse_args(argv))
+    return config_from_namespace(build_parser(prog).parse_args(argv))
+
+
+def config_from_namespace(namespace) -> StudyConfig:
+    """Validate parsed options; a bad value raises ValueError naming the option."""
+    args = dict(vars(namespace))
     for f in dataclasses.fields(StudyConfig):
         if f.metadata["append"]:
             args[f.name] = tuple(args[f.name])

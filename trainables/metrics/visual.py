@@ -1,4 +1,4 @@
-"""Visual checks of generated samples: automatic per-epoch numbers and a contact sheet.
+"""Visual checks of generated samples: automatic per-epoch numbers.
 
 * diversity: per class, the mean pairwise distance between the fakes' Inception features
   against the same for the real images of that class (1 = as varied as real images).  The
@@ -12,15 +12,8 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from PIL import Image
-
-from trainables.figures import save as save_figure
 
 
 def within_class_diversity(features, labels) -> dict[int, float]:
@@ -60,39 +53,3 @@ def constant_fraction(images: torch.Tensor, tol: float = 0.02) -> float:
 def class_agreement(predicted: np.ndarray, labels: np.ndarray | torch.Tensor) -> float:
     """Fraction of fakes whose predicted class is the label they were generated for."""
     return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
-
-
-def real_grid(images: np.ndarray, labels: np.ndarray, n_classes: int, per_class: int = 8,
-              seed: int = 0) -> np.ndarray:
-    """A (rows = classes, cols = per_class) mosaic of real uint8 NHWC images, as HxWxC uint8."""
-    rng = np.random.default_rng(seed)
-    h, w, c = images.shape[1:]
-    sheet = np.zeros((n_classes * h, per_class * w, c), dtype=np.uint8)
-    for k in range(n_classes):
-        idx = np.flatnonzero(labels == k)
-        for j, i in enumerate(rng.choice(idx, min(per_class, len(idx)), replace=False)):
-            sheet[k * h:(k + 1) * h, j * w:(j + 1) * w] = images[i]
-    return sheet
-
-
-def contact_sheet(entries: Sequence[tuple[str, Path | str]], real_images: np.ndarray,
-                  real_labels: np.ndarray, classes: Sequence[str], out_png: Path | str, *,
-                  per_class: int = 8) -> Path:
-    """Real images per class next to each shortlisted epoch's `grid.png`, one PNG.
-
-    entries: (title, path to the epoch's grid.png) in shortlist order.
-    """
-    missing = [str(p) for _, p in entries if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"grid image(s) not found: {missing}; grids are written at "
-                                "<checkpoint dir>/grid.png by the GAN loop")
-    panels = [("real (rows: " + ", ".join(classes) + ")",
-               real_grid(real_images, real_labels, len(classes), per_class))]
-    panels += [(t, np.asarray(Image.open(p).convert("RGB"))) for t, p in entries]
-    fig = Figure(figsize=(4 * len(panels), 4.4))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, (title, img) in zip(axes[0], panels):
-        ax.imshow(img.squeeze(), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    return save_figure(fig, out_png)
