@@ -68,8 +68,8 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         client.set_tag(parent_run_id, "cxr.best", why[:5000])
         summary["best"], summary["why_none"] = None, why
     else:
-        summary.update(record_best(cfg, settings, client, parent_run_id, best))
-        summary["best"]["versus_lowest"] = versus_lowest(scored, best, cfg.objectives()[0])
+        versus = versus_lowest(scored, best, cfg.objectives()[0])
+        summary.update(record_best(cfg, settings, client, parent_run_id, best, versus))
     # One query for both: the trial runs as they ended (after reconcile_running).
     runs = trial_runs(client, where["experiment_id"], parent_run_id)
     _note_optuna(cfg, runs, summary)
@@ -184,10 +184,7 @@ def log_summary_metrics(client, parent_run_id: str, table, endings: dict,
     select (a collapsed, killed or deleted epoch is left out), and how the trials ended."""
     name, mode = objective
     if best is not None:
-        for key in dict.fromkeys((name, *SUMMARY_KEYS)):
-            value = best.get(key)
-            if isinstance(value, (int, float)) and value == value:
-                client.log_metric(parent_run_id, f"best_{key}", float(value))
+        log_best_metrics(client, parent_run_id, best, name)
     if "status" in table:
         table = table[table["status"] == "ranked"]
     if name in table and table[name].notna().any():
@@ -196,6 +193,14 @@ def log_summary_metrics(client, parent_run_id: str, table, endings: dict,
                           float(top))
     for status in ("finished", "stopped_early", "diverged", "failed", "killed"):
         client.log_metric(parent_run_id, f"trials_{status}", float(len(endings.get(status, []))))
+
+
+def log_best_metrics(client, parent_run_id: str, best: dict, objective: str) -> None:
+    """`best_<metric>` on the parent: the selected epoch's values (again after a re-rank)."""
+    for key in dict.fromkeys((objective, *SUMMARY_KEYS)):
+        value = best.get(key)
+        if isinstance(value, (int, float)) and value == value:
+            client.log_metric(parent_run_id, f"best_{key}", float(value))
 
 
 def versus_lowest(table, best: dict, objective: tuple[str, str]) -> str:
@@ -307,9 +312,11 @@ def _best_row(ranked) -> Optional[dict]:
 
 
 def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: str,
-                best: dict) -> dict:
+                best: dict, versus: str = "") -> dict:
     """Tag the selected (trial, epoch) on the parent, register its generator as `champion`,
-    write the parent's note.  settings=None (a re-rank): no t-SNE is redrawn."""
+    write the parent's note.  settings=None (a re-rank): no t-SNE is redrawn.  `versus`:
+    why the selection beat the epoch with the best objective value (`versus_lowest`), shown
+    in the note and as tag `cxr.best_versus_lowest` ("" when they are the same epoch)."""
     trial_id, epoch = str(best["trial_id"]), int(best["epoch"])
     run = _trial_run(client, cfg.name, parent_run_id, trial_id)
     metrics = {k: float(v) for k, v in best.items()
@@ -333,14 +340,17 @@ def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: s
         if settings is not None:
             _log_champion_views(settings, client, parent_run_id, run.info.run_id, checkpoint,
                                 f"trial {trial_id}, epoch {epoch}")
-    note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"))
+    note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"),
+                 versus)
     client.set_tag(parent_run_id, "mlflow.note.content", note)
+    client.set_tag(parent_run_id, "cxr.best_versus_lowest", versus or "the same epoch")
     lineage = best.get("lineage") if isinstance(best.get("lineage"), str) else ""
     if "<-" in lineage:  # PBT: the best weights descend from other trials' checkpoints
         client.set_tag(parent_run_id, "cxr.best_lineage", lineage)
     return {"best": {"trial_id": trial_id, "epoch": epoch, "run_id": tags["cxr.best_run_id"],
                      "checkpoint": checkpoint, "metrics": metrics,
-                     "reason": best.get("reason", ""), "lineage": lineage},
+                     "reason": best.get("reason", ""), "lineage": lineage,
+                     "versus_lowest": versus},
             "registered_model": registered}
 
 
@@ -395,7 +405,8 @@ def _version_note(run, epoch: int, metrics: dict, reason) -> str:
         f"- why selected: {reason}" if reason else "", f"- metrics: {shown}"] if line)
 
 
-def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) -> str:
+def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason,
+          versus: str = "") -> str:
     """The parent run's description: the best (trial, epoch) and, one click each, its run, its
     sample grid and the registered generator (relative links the MLflow UI opens in place)."""
     shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in METRICS if k in metrics)
@@ -411,6 +422,7 @@ def _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, reason) ->
              " · ".join(link for link in links if link),
              "",
              f"- ranking policy: {cfg.policy}; why: {reason}" if reason else "",
+             f"- not the same epoch as {versus}" if versus else "",
              f"- metrics: {shown}",
              "- every epoch's grid: the trial run's *Model metrics* tab, image `grid`, slider "
              "on the epoch; the full ranking: artefact `ranking/ranking.csv`",

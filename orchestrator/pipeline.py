@@ -286,6 +286,14 @@ def _parent_params(cfg: SearchConfig, settings: TrialSettings) -> dict:
         "gpus_per_worker": placement.gpus_per_worker,
         "trials_per_gpu": placement.trials_per_gpu, "seed": cfg.seed,
         "search_space_module": space_file.name,
+        "storage": settings.storage,
+        # what the ranking applied (`rank` reads it back) and what each trial was given
+        "min_diversity": cfg.diversity_limit(), "keep_epochs": cfg.keep_epochs,
+        "asha_grace": cfg.asha_grace, "max_epochs": cfg.max_epochs,
+        "max_images": cfg.max_images, "eval_every": cfg.eval_every,
+        "eval_every_images": cfg.eval_every_images,
+        **{f"eval.{k}": ",".join(v) if isinstance(v, tuple) else v
+           for k, v in settings.eval.items()},
         **{f"data_options.{k}": v for k, v in settings.data_options.items()},
         **{f"base.{k}": v for k, v in (settings.base if settings.is_gan else {}).items()},
     }

@@ -83,10 +83,12 @@ def loss_curves(table: pd.DataFrame, metrics: Sequence[str] = LOSS_METRICS) -> F
     pair = [m for m in D_OF_FAKES if m in table.columns and table[m].notna().any()]
     fig, axes = _grid(len(present) + bool(pair), ncols=len(present) + bool(pair))
     for ax, metric in zip(axes, present):
+        labelled: set = set()
         for trial in _trials(table):
             rows = table[table["trial_id"].astype(str) == trial].sort_values("epoch")
             rows = rows[rows[metric].notna()]
             ax.plot(rows["epoch"], rows[metric], marker=".", label=trial)
+            _mark_excluded(ax, rows, metric, labelled)
         ax.set(title=metric, xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)
         _epoch_axis(ax)
@@ -98,11 +100,13 @@ def loss_curves(table: pd.DataFrame, metrics: Sequence[str] = LOSS_METRICS) -> F
 
 def _d_of_fakes(ax, table: pd.DataFrame, pair: Sequence[str]) -> None:
     """d_g_z1 (solid) and d_g_z2 (dashed) of each trial on one panel."""
+    labelled: set = set()
     for i, trial in enumerate(_trials(table)):
         rows = table[table["trial_id"].astype(str) == trial].sort_values("epoch")
         for metric, style in zip(pair, ("-", "--")):
             ax.plot(rows["epoch"], rows[metric], style, color=f"C{i}", label=f"{trial} {metric}")
-    ax.set(title="D(G(z)): d_g_z1 (D step, solid), d_g_z2 (G step, dashed)", xlabel="epoch",
+            _mark_excluded(ax, rows[rows[metric].notna()], metric, labelled)
+    ax.set(title="D(G(z)): d_g_z1 (D step, solid),\nd_g_z2 (G step, dashed)", xlabel="epoch",
            ylabel="D's score of the fakes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small")
@@ -149,35 +153,51 @@ def _row(table: pd.DataFrame, key: tuple[str, int]) -> Optional[pd.Series]:
 
 
 def best_per_trial(table: pd.DataFrame, objective: str, direction: str) -> pd.Series:
-    """The best value of `objective` over each trial's epochs (index: trial_id)."""
+    """The best value of `objective` over each trial's epochs (index: trial_id); with the
+    ranking's `status`, over the epochs a policy may select (NaN for a trial with none: a
+    collapsed trial's low FID is not its "best")."""
     _require(table, ["trial_id", objective], "best_per_trial")
     if direction not in ("min", "max"):
         raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
-    grouped = table.assign(trial_id=table["trial_id"].astype(str)).groupby("trial_id")[objective]
+    table = table.assign(trial_id=table["trial_id"].astype(str))
+    values = table[objective]
+    if "status" in table:
+        values = values.where(table["status"].isna() | (table["status"] == "ranked"))
+    grouped = values.groupby(table["trial_id"])
     return grouped.min() if direction == "min" else grouped.max()
 
 
 def hparams_vs_objective(params: pd.DataFrame, objective_by_trial: pd.Series, objective: str,
-                         best_trial: Optional[str] = None) -> Figure:
+                         best_trial: Optional[str] = None,
+                         excluded: Optional[pd.Series] = None) -> Figure:
     """One scatter panel per hyper-parameter: its value (x) against the trial's objective (y).
 
     params: one row per trial, index trial_id, one column per hyper-parameter (strings or
     numbers); categorical values are placed at integer positions with their names as ticks.
+    excluded: the best value of each trial with no selectable epoch, drawn as a grey cross.
     """
     if params.empty or params.shape[1] == 0:
         raise ValueError("hparams_vs_objective: no hyper-parameters were recorded for the trials")
     joined = params.copy()
     joined.index = joined.index.astype(str)
     joined[objective] = objective_by_trial.reindex(joined.index).astype(float)
-    if joined[objective].isna().all():
+    shut_out = (excluded if excluded is not None else pd.Series(dtype=float))
+    shut_out.index = shut_out.index.astype(str)
+    joined["_excluded"] = shut_out.reindex(joined.index).astype(float)
+    if joined[objective].isna().all() and joined["_excluded"].isna().all():
         raise ValueError(f"hparams_vs_objective: no trial has a value for {objective!r}")
-    columns = varied(params.drop(columns=[objective], errors="ignore"))[:MAX_PARAM_PANELS]
+    columns = varied(params.drop(columns=[objective, "_excluded"], errors="ignore")
+                     )[:MAX_PARAM_PANELS]
     if not columns:
         raise ValueError("hparams_vs_objective: every trial ran with the same settings")
     fig, axes = _grid(len(columns))
     for ax, name in zip(axes, columns):
         x, ticks = _as_positions(joined[name])
         ax.scatter(x, joined[objective], s=40, alpha=0.8)
+        if joined["_excluded"].notna().any():
+            ax.scatter(x, joined["_excluded"], **EXCLUDED_STYLE,
+                       label="trial excluded (no selectable epoch)")
+            ax.legend(fontsize="x-small")
         if best_trial is not None and str(best_trial) in joined.index:
             i = list(joined.index).index(str(best_trial))
             ax.scatter([x[i]], [joined[objective].iloc[i]], **BEST_STYLE)
@@ -341,6 +361,7 @@ def image_panel(images: Sequence[tuple[str, str | Path]], ncols: int = 3) -> Fig
 
 # A trial's contact sheet: at most this many of its epochs' grids, evenly spaced, first and last.
 CONTACT_ROWS = 8
+SHEET_DPI = 110  # `save`'s default: the sheet's width in inches is the grids' pixels / this
 
 
 def contact_epochs(epochs: Sequence[int], rows: int = CONTACT_ROWS) -> list[int]:
@@ -361,7 +382,10 @@ def epochs_sheet(grids: Sequence[tuple[int, str | Path]], title: str,
         raise ValueError("no sample grids to put on a contact sheet")
     images = [(epoch, imread(str(path))) for epoch, path in grids]
     aspect = max(img.shape[0] / img.shape[1] for _, img in images)
-    fig = Figure(figsize=(6.0, 6.0 * aspect * len(images) + 0.6), layout="constrained")
+    # the grids at their own pixels when saved at `save`'s dpi (a shrunk sheet hid the lungs)
+    width = max(img.shape[1] for _, img in images) / SHEET_DPI + 0.3
+    fig = Figure(figsize=(width, (width - 0.3) * aspect * len(images) + 0.4 * len(images) + 0.6),
+                 layout="constrained")
     axes = fig.subplots(len(images), 1, squeeze=False).ravel()
     for ax, (epoch, img) in zip(axes, images):
         ax.imshow(img)

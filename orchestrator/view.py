@@ -122,9 +122,7 @@ def _figures(rep: _Report, record, table, ranking, best, objectives, top_k: int)
     objective, direction = objectives[0]
     rep.figure(f"Hyper-parameters that differ between trials vs best {objective} per trial "
                f"(at most {plots.MAX_PARAM_PANELS})", "hparams_vs_objective.png",
-               lambda: plots.hparams_vs_objective(
-                   trial_params(record), plots.best_per_trial(table, objective, direction),
-                   objective, best[0] if best else None))
+               lambda: _hparams_figure(record, table, objective, direction, best))
     axes = pareto_axes(record, table)
     if axes is None:
         looked = list(dict.fromkeys([m for m, _ in objectives] + list(PARETO_FALLBACK)))
@@ -151,6 +149,16 @@ def _run_images(rep: _Report, record, best, folder: str, caption: str) -> None:
         name = f"{folder}_{i}.png"
         shutil.copyfile(path, rep.out_dir / name)
         rep.figures.append((f"{caption} (logged as {folder}/{path.name})", name))
+
+
+def _hparams_figure(record, table: pd.DataFrame, objective: str, direction: str, best):
+    """Each trial at its best selectable epoch; a trial with none as a grey cross."""
+    chosen = plots.best_per_trial(table, objective, direction)
+    every = plots.best_per_trial(table.drop(columns="status", errors="ignore"), objective,
+                                 direction)
+    return plots.hparams_vs_objective(trial_params(record), chosen, objective,
+                                      best[0] if best else None,
+                                      excluded=every[chosen.reindex(every.index).isna()])
 
 
 def with_status(table: pd.DataFrame, ranking: Optional[pd.DataFrame]) -> pd.DataFrame:
@@ -273,6 +281,7 @@ def render_markdown(record: SearchRecord, table: pd.DataFrame, ranking, best, ob
         lines += [f"**Best: trial `{best[0]}`, epoch {best[1]}**", "",
                   f"- trial run: `{run.info.run_id}`" if run else "- trial run: not found",
                   f"- why: {reason}" if reason else "- why: not recorded",
+                  *versus_line(record),
                   f"- checkpoint: `{run.data.tags.get(f'ckpt.epoch_{best[1]:04d}')}`"
                   if run and run.data.tags.get(f"ckpt.epoch_{best[1]:04d}")
                   else "- checkpoint: not recorded", ""]
@@ -304,6 +313,13 @@ def render_markdown(record: SearchRecord, table: pd.DataFrame, ranking, best, ob
     if rep.missing:
         lines += ["## Not shown", "", *[f"- {m}" for m in rep.missing]]
     return "\n".join(lines) + "\n"
+
+
+def versus_line(record: SearchRecord) -> list[str]:
+    """Why the selection beat the epoch with the best objective value, as the search (or the
+    last `rank`) recorded it on the parent run; nothing when they are the same epoch."""
+    versus = record.tags.get("cxr.best_versus_lowest", "")
+    return [f"- not the same epoch as {versus}"] if versus and versus != "the same epoch" else []
 
 
 def winning_settings(record: SearchRecord, best: tuple[str, int]) -> list[str]:

@@ -90,7 +90,7 @@ def _stored_search(tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    exp = client.create_experiment("s")
+    exp = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"cxr.role": "search"}).info.run_id
     for key, value in {"experiment": "acgan", "preset": "s0", "smoke": "True"}.items():
         client.log_param(parent, key, value)
@@ -129,6 +129,11 @@ def test_a_rerank_moves_the_selection_and_the_champion_unless_dry_run(tmp_path, 
     assert "selected trial b, epoch 1 (was trial a, epoch 1)" in capsys.readouterr().out
     tags = client.get_run(parent).data.tags
     assert (tags["cxr.best_trial_id"], tags["cxr.best_epoch"]) == ("b", "1")
+    # one "best" after the move too: the parent's best_fid is the new selection's, and every
+    # screen says why the lowest FID (a@1, rejected by the verdicts) was not taken
+    assert client.get_run(parent).data.metrics["best_fid"] == 2.2
+    assert tags["cxr.best_versus_lowest"].startswith("the lowest fid (2) was trial a, epoch 1")
+    assert "not the same epoch as the lowest fid (2)" in tags["mlflow.note.content"]
     champion = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
     assert str(champion.version) == "2" and champion.tags["epoch"] == "1"
     assert champion.tags["source_run_id"] == tags["cxr.best_run_id"]
@@ -144,3 +149,22 @@ def test_the_champion_carries_the_selected_epochs_metrics(tmp_path):
     model_id = champion.source.removeprefix("models:/")  # the version's logged model
     metrics = {m.key: (m.value, m.step) for m in client.get_logged_model(model_id).metrics}
     assert metrics["eval/fid"] == (2.0, 1)
+
+
+def test_a_rerank_applies_the_searchs_own_limits():
+    """The parent's params are the search's settings: `rank` reads the diversity limit the
+    search ranked with (not the budget's default) and where its Optuna study lives."""
+    from types import SimpleNamespace
+
+    from orchestrator.cli.rank import search_config
+
+    def record(**params):
+        return SimpleNamespace(params={"experiment": "acgan", "preset": "s0", "smoke": "True",
+                                       **params}, tags={}, name="s",
+                               tracking_uri="sqlite:///m.db")
+
+    cfg = search_config(record(min_diversity="0.4", storage="/data/ray_results"), "staged")
+    assert cfg.diversity_limit() == 0.4 and cfg.storage == "/data/ray_results"
+    old = search_config(record(), "staged")  # a search from before these were params
+    assert old.diversity_limit() == old.__class__(experiment="acgan", preset="s0",
+                                                  smoke=True).diversity_limit()

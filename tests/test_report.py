@@ -101,6 +101,8 @@ def build_fake_search(root: Path, data: str, *, with_best_tags: bool = True,
         client.set_tag(parent, "cxr.best_trial_id", BEST[0])
         client.set_tag(parent, "cxr.best_epoch", str(BEST[1]))
         client.set_tag(parent, "cxr.best_run_id", run_ids[BEST[0]])
+        client.set_tag(parent, "cxr.best_versus_lowest",
+                       "the lowest fid (2.1) was trial t_a, epoch 2: collapsed")
     client.set_terminated(parent, "FINISHED")
     if study:
         _fake_study(client, root, tmp)
@@ -156,6 +158,7 @@ def test_report_command_writes_figures_and_names_the_ranked_best(store, tmp_path
         assert _is_png(out / fig), fig
     md = (out / "report.md").read_text()
     assert "**Best: trial `t_b`, epoch 1**" in md  # from the ranking, not the lowest FID
+    assert "- not the same epoch as the lowest fid (2.1) was trial t_a, epoch 2: collapsed" in md
     assert "best cas_acc among the FID shortlist" in md
     # the selected epoch's metrics with their CIs
     assert "| cas_acc | 0.62 | [0.52, 0.72] |" in md
@@ -288,11 +291,22 @@ def test_figures_tell_the_truth_about_excluded_epochs_and_constants():
     assert "a@0" not in texts and "excluded: collapsed" in front.axes[0].get_legend_handles_labels()[1]
     losses = plots.loss_curves(table)
     assert any("d_g_z1" in ax.get_title() and "d_g_z2" in ax.get_title() for ax in losses.axes)
+    # the losses and D's scores of the fakes grey the excluded epoch too
+    assert all("excluded: collapsed" in ax.get_legend_handles_labels()[1]
+               for ax in losses.axes if ax.get_visible() and ax.has_data())
+    # a trial's "best" is over the epochs a policy may select: a's 0.5 was a collapsed epoch
+    assert plots.best_per_trial(table, "fid", "min").to_dict() == {"a": 2.0, "b": 2.5}
+    shut_out = table.assign(status=["collapsed", "collapsed", "ranked", "ranked"])
+    assert plots.best_per_trial(shut_out, "fid", "min").isna().to_dict() == {"a": True, "b": False}
     params = pd.DataFrame({"lr_g": ["1e-4", "2e-4"], "data": ["/x", "/x"], "sha": ["f", "f"]},
                           index=["a", "b"])
     assert plots.varied(params) == ["lr_g"]
     fig = plots.hparams_vs_objective(params, pd.Series({"a": 2.0, "b": 2.5}), "fid")
     assert [ax.get_xlabel() for ax in fig.axes if ax.get_visible()] == ["lr_g"]
+    # a trial with no selectable epoch: a grey cross at its value, labelled as excluded
+    fig = plots.hparams_vs_objective(params, pd.Series({"a": float("nan"), "b": 2.5}), "fid",
+                                     excluded=pd.Series({"a": 0.5}))
+    assert "trial excluded (no selectable epoch)" in fig.axes[0].get_legend_handles_labels()[1]
 
 
 def test_contact_epochs_are_evenly_spaced_with_the_first_and_last():
@@ -331,6 +345,7 @@ def test_each_trial_gets_a_contact_sheet_of_its_grids(tmp_path):
                                            str(tmp_path / "got")))
     width, height = Image.open(sheet).size
     assert height > 4 * width * 40 / 120  # eight rows of 40x120 grids, stacked
+    assert width >= 120  # each grid at (at least) its own pixels, never shrunk
     assert "no sample grids" in client.get_run(runs["t2"]).data.tags["cxr.contact_sheet_skipped"]
 
 

@@ -62,7 +62,8 @@ def test_smoke_search_end_to_end(smoke_store):
     # third-party bookkeeping is silenced (issue 24): Tune's box and TensorBoard hint, Optuna's
     # and MLflow's INFO lines
     for noise in ("Configuration for experiment", "tensorboard --logdir", "A new study created",
-                  "Creating initial MLflow database tables", "Wrote the latest version"):
+                  "Creating initial MLflow database tables", "Wrote the latest version",
+                  "ExperimentalWarning"):
         assert noise not in run.stdout + run.stderr, noise
     assert len(run.stdout.splitlines()) <= 40 * max(run.elapsed / 60, 1), run.stdout[-3000:]
 
@@ -87,6 +88,14 @@ def test_smoke_search_end_to_end(smoke_store):
     best_trial = parent.data.tags["cxr.best_trial_id"]
     best_epoch = int(parent.data.tags["cxr.best_epoch"])
     assert best_trial in epochs and 0 <= best_epoch < epochs[best_trial]
+    # why the selection beat the lowest-FID epoch (or that it is that epoch): on the parent
+    versus = parent.data.tags["cxr.best_versus_lowest"]
+    # the parent's params are complete enough to re-rank and rerun (issue 24)
+    params = parent.data.params
+    assert float(params["min_diversity"]) > 0 and params["keep_epochs"] == "5"
+    assert params["eval.metrics"] == "fid,kid,cas,visual,memorisation", params
+    assert params["storage"].endswith("ray_results") and params["eval.n_fake"] == "48"
+    assert versus == "the same epoch" or versus.startswith("the lowest fid ("), versus
     version = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
     assert version.tags["search"] == name and int(version.tags["epoch"]) == best_epoch
     # the champion is never a grey or collapsed epoch (constant_frac was 1.0 before)
@@ -141,6 +150,8 @@ def test_smoke_search_end_to_end(smoke_store):
     assert study.metric_names == ["best_fid"]
     assert {t.user_attrs.get("tune_trial_id") for t in study.trials} == {
         c.data.tags["cxr.trial_id"] for c in children}
+    assert {t.user_attrs.get("mlflow_run_id") for t in study.trials} == {
+        c.info.run_id for c in children}
     # ... and the study carries the ranking's verdicts: the selected trial, epoch and run, and
     # per Optuna trial its MLflow run and its best selectable epoch or why it was excluded
     assert study.user_attrs["cxr.selected"].startswith(

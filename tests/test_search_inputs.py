@@ -103,6 +103,7 @@ def _searcher(metric, mode):
 
 def test_optuna_is_told_the_best_epoch_or_pruned_never_a_made_up_value():
     alg = _searcher("best_fid", "min")
+    alg.run_ids.update(diverged="run-d", fine="run-f", errored="run-e")  # as the MLflow callback
     for trial_id in ("diverged", "fine", "errored"):
         alg.suggest(trial_id)
     alg.on_trial_result("diverged", {"best_fid": math.nan, "training_iteration": 1})
@@ -116,6 +117,10 @@ def test_optuna_is_told_the_best_epoch_or_pruned_never_a_made_up_value():
     assert alg._ot_study.metric_names == ["best_fid"]
     assert [t.user_attrs["tune_trial_id"] for t in alg._ot_study.trials] == [
         "diverged", "fine", "errored"]
+    assert [t.user_attrs["mlflow_run_id"] for t in alg._ot_study.trials] == [
+        "run-d", "run-f", "run-e"]
+    assert [t.user_attrs.get("cxr.excluded", "")[:16] for t in alg._ot_study.trials] == [
+        "", "", "the trial failed"]
 
 
 def test_a_partial_multi_objective_point_is_pruned():
@@ -149,7 +154,7 @@ def test_resume_refuses_other_settings_or_data_unless_forced(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.create_experiment("s")
+    experiment = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(experiment, tags={"cxr.role": "search",
                                                  "cxr.data_fingerprint": "abc"}).info.run_id
     client.log_param(parent, "num_samples", "20")

@@ -118,7 +118,9 @@ def test_the_study_carries_the_rankings_verdicts(tmp_path):
              "reason": "no selectable epoch: collapsed", "fid": None},
             {"trial": "b_2", "status": "finished", "best_epoch": 2, "reason": "", "fid": 3.0}]
     noted = optuna_notes.annotate(url, "s", rows, {"a_1": "r1", "b_2": "r2"},
-                                  {"trial_id": "b_2", "epoch": 2, "run_id": "r2"}, "fid")
+                                  {"trial_id": "b_2", "epoch": 2, "run_id": "r2",
+                                   "versus_lowest": "the lowest fid (1) was trial a_1, epoch 0: "
+                                                    "collapsed"}, "fid")
     attrs = optuna.load_study(study_name="s", storage=url).user_attrs
     assert noted == 2
     assert attrs["cxr.trial.0"] == ("tune trial a_1 · MLflow run r1 · finished · excluded: "
@@ -126,5 +128,7 @@ def test_the_study_carries_the_rankings_verdicts(tmp_path):
     assert attrs["cxr.trial.1"] == ("tune trial b_2 · MLflow run r2 · finished · best "
                                     "selectable epoch 2 (fid 3)")
     assert attrs["cxr.selected"].startswith("tune trial b_2, epoch 2 · MLflow run r2")
+    assert attrs["cxr.selected"].endswith("; not the same epoch as the lowest fid (1) was "
+                                          "trial a_1, epoch 0: collapsed")
     assert optuna_notes.annotate(optuna_notes.study_url(str(tmp_path), "none"), "none", rows,
                                  {}, None, "fid") == 0

@@ -237,3 +237,20 @@ def test_a_lone_cpu_trial_takes_every_core_of_this_machine():
     assert single.cpus_per_worker == (cores if cores > 1 else 1.0)
     cluster_wide = cluster.place(_cfg("--smoke"), {"CPU": cores + 64})
     assert cluster_wide.cpus_per_worker == 1.0
+
+
+def test_only_rays_default_token_note_is_dropped():
+    """Issue 24's console: Ray's "token auth is on by default" note is noise for the embedded
+    local Ray; its warning that auth is *off* is a real warning and stays."""
+    import logging
+
+    from orchestrator.run.cluster import _DefaultTokenNote
+
+    def record(msg):
+        return logging.LogRecord("ray", logging.WARNING, __file__, 1, msg, None, None)
+
+    note = _DefaultTokenNote()
+    assert not note.filter(record("Token authentication is enabled for this Ray cluster. Set "
+                                  "RAY_AUTH_MODE=disabled to opt out."))
+    assert note.filter(record("Token authentication is disabled for this Ray cluster. Anyone "
+                              "with network access to the cluster can run arbitrary code"))

@@ -109,7 +109,12 @@ def search_config(record: SearchRecord, policy: str) -> SearchConfig:
                         name=record.name, mlflow_uri=record.tracking_uri, policy=policy,
                         smoke=params.get("smoke") == "True",
                         objective=params.get("objective") or None,
-                        max_memorised=float(params.get("max_memorised", ranking.MAX_MEMORISED)))
+                        max_memorised=float(params.get("max_memorised", ranking.MAX_MEMORISED)),
+                        # the limit the search ranked with (searches before it was a param:
+                        # the budget's default)
+                        min_diversity=(float(params["min_diversity"])
+                                       if params.get("min_diversity") else None),
+                        **({"storage": params["storage"]} if params.get("storage") else {}))
 
 
 def shown(ranked: pd.DataFrame, rows: int = 10) -> str:
@@ -184,7 +189,7 @@ def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFra
     from mlflow.tracking import MlflowClient
 
     from orchestrator import ranking
-    from orchestrator.finalize import record_best
+    from orchestrator.finalize import log_best_metrics, record_best, versus_lowest
 
     try:
         best = ranking.best(ranked).to_dict()
@@ -202,7 +207,9 @@ def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFra
     with tempfile.TemporaryDirectory() as tmp:
         for path in ranking.write_ranking(ranked, tmp, "ranking"):
             client.log_artifact(parent, str(path), artifact_path="ranking")
-    done = record_best(cfg, None, client, parent, best)
+    objective = cfg.objectives()[0]
+    done = record_best(cfg, None, client, parent, best, versus_lowest(ranked, best, objective))
+    log_best_metrics(client, parent, best, objective[0])  # one "best" after the move too
     client.set_tag(parent, "cxr.reranked", f"policy {cfg.policy}; was trial {old[0]}, epoch {old[1]}")
     registered = done.get("registered_model")
     return (f"selected trial {new[0]}, epoch {new[1]} (was trial {old[0]}, epoch {old[1]})"

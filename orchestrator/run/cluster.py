@@ -3,6 +3,7 @@ autoscaler's GPUs, and placing trials (GPUs and workers per trial, trials per GP
 concurrency)."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -26,9 +27,19 @@ AUTO_CLASSES = 3
 DRIVER_RESOURCE = "cxr_driver"
 
 
+class _DefaultTokenNote(logging.Filter):
+    """Drops Ray's note that a new local cluster turned token authentication on by default
+    (auth stays on; the line says only that).  Its warning that auth is *off* stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this")
+
+
 def init_ray() -> None:
     if ray.is_initialized():
         return
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DefaultTokenNote())
     # On a cluster (`ray up` + `ray submit`, or RAY_ADDRESS) join it; otherwise a local Ray.
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
              log_to_driver=True, configure_logging=False)

@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import optuna
@@ -50,6 +51,8 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
     metric, mode = objectives[0]
     space_module = registry.experiment_space(cfg.experiment)
     search_alg, param_space = searcher(cfg, space_module, settings, objectives, storage)
+    if isinstance(search_alg, BestEpochOptunaSearch):
+        search_alg.run_ids = callback.run_ids
     tune_config = tune.TuneConfig(
         num_samples=cfg.num_samples,
         max_concurrent_trials=settings.placement.max_concurrent,
@@ -153,13 +156,19 @@ class BestEpochOptunaSearch(OptunaSearch):
     avoid that region without a fake number entering the study.  A trial that errored is
     FAIL (the stock rule)."""
 
+    def __init__(self, *args, run_ids: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Tune trial id -> MLflow run id: the MLflow callback's own map (shared, not copied),
+        # so each Optuna trial can name its MLflow run
+        self.run_ids = {} if run_ids is None else run_ids
+
     def on_trial_result(self, trial_id: str, result: dict):
         if isinstance(self.metric, str) and _nan_to_none(result.get(self.metric)) is None:
             return  # nothing evaluated yet: no intermediate value for Optuna
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        self._label(trial_id)
+        self._label(trial_id, error)
         if result:
             names = self.metric if isinstance(self.metric, list) else [self.metric]
             values = [_nan_to_none(result.get(name)) for name in names]
@@ -167,18 +176,27 @@ class BestEpochOptunaSearch(OptunaSearch):
                 result = None
         super().on_trial_complete(trial_id, result, error)
 
-    def _label(self, trial_id: str) -> None:
+    def _label(self, trial_id: str, error: bool = False) -> None:
         """optuna-dashboard shows the objectives by name and each trial's Tune id (the id in
-        the console, MLflow's `cxr.trial_id` tag and the ranking), so its trial numbers can
-        be matched with the product's; set while the trial is still running (Optuna freezes
-        a finished trial)."""
+        the console, MLflow's `cxr.trial_id` tag and the ranking) and MLflow run id, so its
+        trial numbers can be matched with the product's, and marks a trial that failed; set
+        while the trial is still running (Optuna freezes a finished trial).  The ranking's
+        verdicts come later, so they are study attributes (`optuna_notes.annotate`)."""
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None:
             return
         names = self.metric if isinstance(self.metric, list) else [self.metric]
         if self._ot_study.metric_names is None:
-            self._ot_study.set_metric_names([str(n) for n in names])
+            with warnings.catch_warnings():  # "set_metric_names is experimental": noise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([str(n) for n in names])
         ot_trial.set_user_attr("tune_trial_id", trial_id)
+        run_id = getattr(self, "run_ids", {}).get(trial_id)  # a searcher pickled before: none
+        if run_id:
+            ot_trial.set_user_attr("mlflow_run_id", run_id)
+        if error:
+            ot_trial.set_user_attr("cxr.excluded", "the trial failed (see its MLflow run's "
+                                   "`error` tag)")
 
 
 class InterruptWatch(Callback):

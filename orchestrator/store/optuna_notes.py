@@ -57,5 +57,7 @@ def annotate(url: str, name: str, rows: list[dict], run_ids: dict[str, str],
     study.set_user_attr("cxr.selected", "none" if best is None else
                         f"tune trial {best['trial_id']}, epoch {best['epoch']} · MLflow run "
                         f"{best.get('run_id') or '?'} (the ranking's choice; Optuna's own "
-                        "'best trial' is only the best objective value)")
+                        "'best trial' is only the best objective value)" +
+                        (f"; not the same epoch as {best['versus_lowest']}"
+                         if best.get("versus_lowest") else ""))
     return noted
