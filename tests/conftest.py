@@ -52,77 +52,13 @@ def _one_cache_for_the_searches(tmp_path_factory):
     os.environ.pop(SEARCH_CACHE_ENV, None)
 
 
-def _workers() -> int:
-    """How many pytest-xdist workers share this machine (1 without -n)."""
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-
-
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Two cores are shared by the whole suite (and by the xdist workers); oversubscribing
-    # them makes it slower.
+    # Two cores are shared by the whole suite; oversubscribing them makes it slower.
     import torch
 
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // _workers())))
+    torch.set_num_threads(2)
     yield
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _own_ray_temp_dir():
-    """Each pytest process its own Ray temp dir.  A Ray head started by a test (the
-    spread test's Cluster) records its address in <temp>/ray/ray_current_cluster, and a plain
-    `ray.init()` in a search another xdist worker starts meanwhile would join it."""
-    import shutil
-    import tempfile
-
-    if "RAY_TMPDIR" in os.environ:
-        yield
-        return
-    # short: Ray's socket paths live under it and are limited to ~107 characters
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = path
-    yield
-    os.environ.pop("RAY_TMPDIR", None)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# pytest-xdist (`-n 2 --dist loadgroup`): a test that needs the smoke store runs where the
-# store was built (it costs ~6 minutes); the tests of a module with a module-scoped fixture
-# stay together (their fixture is built once); every other test goes wherever a worker is free.
-SMOKE_FIXTURES = {"smoke_store", "notebook_store"}
-
-
-def _xdist_group(item) -> str | None:
-    names = set(item.fixturenames)
-    if names & SMOKE_FIXTURES:
-        return "smoke_store"
-    defs = getattr(item, "_fixtureinfo", None)
-    defs = defs.name2fixturedefs if defs else {}
-    if any(d and d[-1].scope == "module" for d in defs.values()):
-        return item.nodeid.split("::")[0]
-    return None
-
-
-def _file_order(items) -> dict[str, int]:
-    """Heaviest files first (the smoke store, then the slow tests), so that two workers
-    end together instead of one running the six-minute store while the other idles."""
-    order: dict[str, int] = {}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        rank = 0 if set(item.fixturenames) & SMOKE_FIXTURES else (
-            1 if item.get_closest_marker("slow") else 2)
-        order[path] = min(order.get(path, 2), rank)
-    return order
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = _xdist_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-    order = _file_order(items)
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: file order kept
 
 
 @pytest.fixture(scope="session")
