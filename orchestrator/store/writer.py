@@ -196,12 +196,12 @@ class MlflowSearchCallback(Callback):
         """trial id -> run id of the trial runs this callback has not ended (yet)."""
         return {t: r for t, r in self._runs.items() if r not in self._closed}
 
-    @_naming_open_runs
     @property
     def run_ids(self) -> dict[str, str]:
         """Tune trial id -> MLflow run id of every trial run this callback opened or found."""
         return self._runs
 
+    @_naming_open_runs
     def run_for(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
