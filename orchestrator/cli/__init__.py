@@ -50,3 +50,30 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> None:
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot write to {existing} "
                           f"({exc.strerror or exc}); pass {flag} a folder you can write") from None
+
+
+SET_HELP = "help"  # `--set help` lists the keys --set takes (search and study)
+
+
+def config_table(kind, start: dict, column: str = "THIS SEARCH") -> str:
+    """One line per dataclass field: key, type, default, and the start value if it differs."""
+    import dataclasses
+
+    rows = [("KEY", "TYPE", "DEFAULT", column)]
+    for f in dataclasses.fields(kind):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = start.get(f.name, default)
+        rows.append((f.name, str(f.type), as_set_value(default),
+                     as_set_value(value) if value != default else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths + [0])).rstrip()
+                     for row in rows)
+
+
+def as_set_value(value) -> str:
+    """How a value is written after `--set KEY=` (YAML): null, true/false, '' for empty."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else "''"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.config import ARTIFACT_ROOT_HELP, CLASS_OPTIONS_HELP  # light: no registry at import
 
-from orchestrator.cli import parse_then_run
+from orchestrator.cli import SET_HELP, config_table, parse_then_run
 
 if TYPE_CHECKING:
     from orchestrator.config import SearchConfig
@@ -36,7 +36,6 @@ POLICIES = ("staged", "pareto", "weighted")  # orchestrator.ranking.POLICIES
 DEFAULT_MLFLOW_URI = "sqlite:///mlruns/mlflow.db"  # orchestrator.config.DEFAULT_MLFLOW_URI
 DEFAULT_STORAGE = "ray_results"  # orchestrator.config.DEFAULT_STORAGE
 MAX_MEMORISED = 0.05  # orchestrator.ranking.MAX_MEMORISED
-SET_HELP = "help"  # `--set help` lists the keys --set takes
 
 EXAMPLES = """examples:
   python -m orchestrator.search acgan --smoke --data ../shared/data/covid19-radiography-subset
@@ -314,30 +313,6 @@ def print_set_help(cfg: SearchConfig) -> None:
     print(config_table(kind, start))
     print(f"\nValues are YAML: --set amp=false --set lr_g=1e-4 --set variant=null.\n"
           f"The keys search_spaces/{cfg.experiment}.py samples are set per trial, over these.")
-
-
-def config_table(kind, start: dict, column: str = "THIS SEARCH") -> str:
-    """One line per dataclass field: key, type, default, and the start value if it differs."""
-    import dataclasses
-
-    rows = [("KEY", "TYPE", "DEFAULT", column)]
-    for f in dataclasses.fields(kind):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = start.get(f.name, default)
-        rows.append((f.name, str(f.type), _as_set_value(default),
-                     _as_set_value(value) if value != default else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths + [0])).rstrip()
-                     for row in rows)
-
-
-def _as_set_value(value) -> str:
-    """How a value is written after `--set KEY=` (YAML): null, true/false, '' for empty."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value) if value != "" else "''"
 
 
 def _run_search(cfg: SearchConfig) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from orchestrator.cli import parse_then_run
-from orchestrator.cli.search import SET_HELP, config_table
+from orchestrator.cli import SET_HELP, config_table, parse_then_run
 from orchestrator.study.config import build_parser, config_from_namespace, study_settings
 
 
