@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from orchestrator import plots, ranking
 from orchestrator.store import optuna_notes
-from orchestrator.store.layout import (STATUS, checkpoint_has, grid_artifact,
+from orchestrator.store.layout import (SAME_EPOCH, STATUS, checkpoint_has, grid_artifact,
                                        read_checkpoint_file, tag_epoch, trial_runs, ui_link)
 from orchestrator.store.models import register_generator
 from orchestrator.store.reader import load_epoch_table
@@ -343,7 +343,7 @@ def record_best(cfg, settings: Optional[TrialSettings], client, parent_run_id: s
     note = _note(cfg, trial_id, epoch, run, metrics, checkpoint, registered, best.get("reason"),
                  versus)
     client.set_tag(parent_run_id, "mlflow.note.content", note)
-    client.set_tag(parent_run_id, "cxr.best_versus_lowest", versus or "the same epoch")
+    client.set_tag(parent_run_id, "cxr.best_versus_lowest", versus or SAME_EPOCH)
     lineage = best.get("lineage") if isinstance(best.get("lineage"), str) else ""
     if "<-" in lineage:  # PBT: the best weights descend from other trials' checkpoints
         client.set_tag(parent_run_id, "cxr.best_lineage", lineage)

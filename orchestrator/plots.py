@@ -63,12 +63,19 @@ def _epoch_axis(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 0.5"
 
 
+def selectable(rows: pd.DataFrame) -> pd.Series:
+    """Rows a policy may select: the ranking's `status` is "ranked" (or there is none)."""
+    if "status" not in rows:
+        return pd.Series(True, index=rows.index)
+    return rows["status"].isna() | (rows["status"] == "ranked")
+
+
 def _mark_excluded(ax, rows: pd.DataFrame, metric: str, labelled: set) -> None:
     """Grey crosses on the epochs no policy may select (a `status` other than "ranked"),
     labelled once per status: a collapsed trial's low FID must not look like the best."""
     if "status" not in rows:
         return
-    for status, hit in rows[rows["status"].notna() & (rows["status"] != "ranked")].groupby("status"):
+    for status, hit in rows[~selectable(rows)].groupby("status"):
         label = None if status in labelled else f"excluded: {status}"
         labelled.add(status)
         ax.scatter(hit["epoch"], hit[metric], **EXCLUDED_STYLE, label=label)
@@ -160,10 +167,7 @@ def best_per_trial(table: pd.DataFrame, objective: str, direction: str) -> pd.Se
     if direction not in ("min", "max"):
         raise ValueError(f"direction must be 'min' or 'max', got {direction!r}")
     table = table.assign(trial_id=table["trial_id"].astype(str))
-    values = table[objective]
-    if "status" in table:
-        values = values.where(table["status"].isna() | (table["status"] == "ranked"))
-    grouped = values.groupby(table["trial_id"])
+    grouped = table[objective].where(selectable(table)).groupby(table["trial_id"])
     return grouped.min() if direction == "min" else grouped.max()
 
 
@@ -181,21 +185,19 @@ def hparams_vs_objective(params: pd.DataFrame, objective_by_trial: pd.Series, ob
     joined = params.copy()
     joined.index = joined.index.astype(str)
     joined[objective] = objective_by_trial.reindex(joined.index).astype(float)
-    shut_out = (excluded if excluded is not None else pd.Series(dtype=float))
-    shut_out.index = shut_out.index.astype(str)
-    joined["_excluded"] = shut_out.reindex(joined.index).astype(float)
-    if joined[objective].isna().all() and joined["_excluded"].isna().all():
+    shut_out = pd.Series(dtype=float) if excluded is None else excluded
+    shut_out = shut_out.set_axis(shut_out.index.astype(str)).reindex(joined.index).astype(float)
+    if joined[objective].isna().all() and shut_out.isna().all():
         raise ValueError(f"hparams_vs_objective: no trial has a value for {objective!r}")
-    columns = varied(params.drop(columns=[objective, "_excluded"], errors="ignore")
-                     )[:MAX_PARAM_PANELS]
+    columns = varied(params.drop(columns=[objective], errors="ignore"))[:MAX_PARAM_PANELS]
     if not columns:
         raise ValueError("hparams_vs_objective: every trial ran with the same settings")
     fig, axes = _grid(len(columns))
     for ax, name in zip(axes, columns):
         x, ticks = _as_positions(joined[name])
         ax.scatter(x, joined[objective], s=40, alpha=0.8)
-        if joined["_excluded"].notna().any():
-            ax.scatter(x, joined["_excluded"], **EXCLUDED_STYLE,
+        if shut_out.notna().any():
+            ax.scatter(x, shut_out, **EXCLUDED_STYLE,
                        label="trial excluded (no selectable epoch)")
             ax.legend(fontsize="x-small")
         if best_trial is not None and str(best_trial) in joined.index:

@@ -20,6 +20,7 @@ from matplotlib.image import imread
 
 from orchestrator import plots
 from orchestrator.config import DEFAULT_MLFLOW_URI, data_options_from_params
+from orchestrator.store.layout import SAME_EPOCH
 from orchestrator.store.reader import (SearchRecord, StoreError, fid_protocol, grid_image,
                                        load_epoch_table, load_ranking, load_search,
                                        metric_columns, search_objectives, selected_epoch,
@@ -319,7 +320,7 @@ def versus_line(record: SearchRecord) -> list[str]:
     """Why the selection beat the epoch with the best objective value, as the search (or the
     last `rank`) recorded it on the parent run; nothing when they are the same epoch."""
     versus = record.tags.get("cxr.best_versus_lowest", "")
-    return [f"- not the same epoch as {versus}"] if versus and versus != "the same epoch" else []
+    return [f"- not the same epoch as {versus}"] if versus and versus != SAME_EPOCH else []
 
 
 def winning_settings(record: SearchRecord, best: tuple[str, int]) -> list[str]:

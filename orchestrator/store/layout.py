@@ -54,6 +54,8 @@ CONSTANT_PARAMS = {
     "cas_real_acc": "fid_protocol.cas_real_acc", "cas_real_f1": "fid_protocol.cas_real_f1",
     "world_size": "world_size", "n_train": "n_train", "n_synthetic": "n_synthetic",
     "epoch": None}
+# Tag `cxr.best_versus_lowest` when the selected epoch is the one with the best objective.
+SAME_EPOCH = "the same epoch"
 # The tag that remembers a trial run's last logged epoch (for resume), since `epoch` is no metric.
 LAST_EPOCH = "cxr.last_epoch"
 
