@@ -140,6 +140,7 @@ def validate(cfg: SearchConfig) -> None:
               file=sys.stderr)
     if cfg.no_pretrained and cfg.experiment != "classifier":
         raise ValueError("--no-pretrained applies to the classifier experiment only")
+    _validate_eval_metrics(cfg)
     for item in cfg.overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
@@ -156,6 +157,19 @@ def _validate_budget_in_images(cfg: SearchConfig) -> None:
         raise ValueError(f"{given[0]} applies to the GAN experiments only")
     if cfg.eval_every and cfg.eval_every_images:
         raise ValueError("give --eval-every (epochs) or --eval-every-images, not both")
+
+
+def _validate_eval_metrics(cfg: SearchConfig) -> None:
+    """An unknown --eval-metrics name is refused here, not by every trial after Ray started."""
+    if cfg.eval_metrics is None:
+        return
+    from trainables.metrics.registry import EVALUATIONS  # pure data, no torch
+
+    unknown = [m.strip() for m in cfg.eval_metrics.split(",")
+               if m.strip() and m.strip() not in EVALUATIONS]
+    if unknown:
+        raise ValueError(f"--eval-metrics: unknown {', '.join(map(repr, unknown))}; choose "
+                         f"from {','.join(EVALUATIONS)}")
 
 
 def _validate_packing(cfg: SearchConfig) -> None:

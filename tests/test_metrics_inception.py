@@ -160,6 +160,20 @@ def test_evaluator_without_weights_records_why_and_still_runs_cas(covid3, tmp_pa
         GanEvaluator(val, metrics=("fid", "lpips"))
 
 
+def test_visual_checks_without_an_inception_metric_skip_diversity_quietly(covid3, caplog):
+    """--eval-metrics visual: diversity needs Inception features that nobody asked for; the
+    protocol says so, and no trial warns about it (the user chose it; before, every trial
+    warned "see the FID skip reason" about an FID that was never requested)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        ev = GanEvaluator(covid3["val"], metrics=("visual",), n_fake=6, device="cpu")
+    assert ev.extractor is None
+    assert ev.protocol["skipped"]["diversity_ratio"] == (
+        "needs Inception features: none of fid,kid,intra_fid,is was asked for")
+    assert "diversity_ratio" not in caplog.text
+
+
 @pytest.mark.parametrize("n", [7, 48, 60, 150])
 def test_the_fixed_fakes_follow_the_real_class_shares_for_any_n(n):
     """48 fakes against a 60-image validation set used to be the first 48 sorted labels: the

@@ -58,6 +58,15 @@ def test_bad_trial_config_fails_before_ray(override, message, capsys, tmp_path):
     assert not ray.is_initialized()
 
 
+def test_an_unknown_evaluation_is_refused_before_ray(capsys, tmp_path):
+    """Before, `--eval-metrics fid,foo` started Ray and every trial failed on it."""
+    import ray
+
+    rc, err = run_main(["acgan", "--smoke", "--eval-metrics", "fid,foo"], capsys, tmp_path)
+    assert rc == 2 and "--eval-metrics: unknown 'foo'; choose from fid,kid," in err
+    assert not ray.is_initialized()
+
+
 def test_negative_budget_is_rejected(capsys, tmp_path):
     rc, err = run_main(["acgan", "--num-samples", "0"], capsys, tmp_path)
     assert rc == 2 and "--num-samples must be >= 1" in err

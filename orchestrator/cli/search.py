@@ -174,7 +174,8 @@ def _budget_options(g) -> None:
                         "budget, epochs decide)")
     g.add_argument("--eval-metrics", metavar="LIST",
                    help="comma-separated per-epoch evaluation metrics "
-                        "(fid,kid,intra_fid,is,cas,visual,memorisation); default depends on --smoke")
+                        "(fid,kid,intra_fid,is,cas,visual,memorisation,memorisation_inception); "
+                        "default depends on --smoke")
     g.add_argument("--eval-every", type=int, metavar="K",
                    help="evaluate every K epochs (default: the preset's)")
     g.add_argument("--eval-every-images", type=image_count, metavar="N",

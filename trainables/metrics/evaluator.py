@@ -39,15 +39,13 @@ from .features import InceptionExtractor, WeightsNotFoundError, load_extractor, 
 from .frechet import frechet_distance_from_features
 from .inception_score import inception_score
 from .kid import kid
+from .registry import EVALUATIONS
 from .stats_cache import StatsCache, stats_key
 from .tsne import tsne_plot
 
 log = logging.getLogger(__name__)
 
-# "memorisation": pixel-space copies (cheap); "memorisation_inception": the same in the FID
-# network's feature space, which costs one Inception pass over the training set per data set.
-METRICS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation",
-           "memorisation_inception")
+METRICS = EVALUATIONS
 _FEATURE_METRICS = ("fid", "kid", "intra_fid", "is")
 
 
@@ -98,7 +96,11 @@ class GanEvaluator:
         self.extractor = self._load_extractor(extractor, dims, weights_path, hub_dir,
                                               torchscript_dir)
         if self.extractor is None and "visual" in self.metrics:
-            self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
+            if set(self.metrics) & set(_FEATURE_METRICS + ("memorisation_inception",)):
+                self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
+            else:  # the user's choice, not a fault: recorded in the protocol, no warning
+                self._skip("diversity_ratio", "needs Inception features: none of "
+                           f"{','.join(_FEATURE_METRICS)} was asked for", warn=False)
         self._real_float = _float_images(real.images)
         self._reference = self._train_reference() if {"cas", "visual"} & set(self.metrics) else None
         self._memo = self._memorisation_reference() if "memorisation" in self.metrics else None
@@ -107,9 +109,9 @@ class GanEvaluator:
         self._memo_inception = None  # built at the first evaluation that has fake features
 
     # -- set-up -------------------------------------------------------------------------
-    def _skip(self, metric: str, reason: str) -> None:
+    def _skip(self, metric: str, reason: str, warn: bool = True) -> None:
         self.protocol["skipped"][metric] = reason
-        log.warning("metric %s skipped: %s", metric, reason)
+        (log.warning if warn else log.info)("metric %s skipped: %s", metric, reason)
 
     def _load_extractor(self, name, dims, weights_path, hub_dir, ts_dir) -> InceptionExtractor | None:
         wanted = [m for m in _FEATURE_METRICS + ("memorisation_inception",) if m in self.metrics]

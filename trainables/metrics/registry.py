@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DIRECTIONS = ("min", "max")
+# The evaluations a GAN trial can run each epoch (GanEvaluator's `metrics`; --eval-metrics).
+# "memorisation": pixel-space copies (cheap); "memorisation_inception": the same in the FID
+# network's feature space, which costs one Inception pass over the training set per data set.
+EVALUATIONS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation",
+               "memorisation_inception")
 TRAINABLES = ("gan", "classifier")
 
 
