@@ -24,6 +24,10 @@ VERSION_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "diversity_ratio")
 # ... and its memorisation figures (issue 23).
 MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "memorised_share_inception",
                      "nn_train_distance_inception", "precision", "recall", "density", "coverage")
+# The champion's views show what the search measured: the t-SNE needs Inception features
+# (drawn when one of these was asked), the copy view the pixel memorisation check.  A search
+# run with, say, `--eval-metrics visual` loads no Inception network at its end either.
+FEATURE_METRICS = ("fid", "kid", "intra_fid", "is", "memorisation_inception")
 
 
 def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:
@@ -72,7 +76,7 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         summary.update(record_best(cfg, settings, client, parent_run_id, best, versus))
     # One query for both: the trial runs as they ended (after reconcile_running).
     runs = trial_runs(client, where["experiment_id"], parent_run_id)
-    _note_optuna(cfg, runs, summary)
+    note_optuna(cfg, runs, summary)
     if cfg.is_gan:
         log_contact_sheets(client, runs, summary.get("best"))
         log_training_curves(client, runs, scored)
@@ -129,9 +133,9 @@ def log_training_curves(client, runs, table) -> int:
     return logged
 
 
-def _note_optuna(cfg, runs, summary: dict) -> None:
+def note_optuna(cfg, runs, summary: dict) -> None:
     """The ranking's verdicts on the Optuna study (`orchestrator.store.optuna_notes`)."""
-    if cfg.scheduler == "pbt":
+    if cfg.scheduler == "pbt" or not optuna_notes.study_path(cfg.storage, cfg.name).is_file():
         return  # PBT searches with Tune's own random starts: no Optuna study
     run_ids = {r.data.tags.get("cxr.trial_id", ""): r.info.run_id for r in runs}
     url = optuna_notes.study_url(cfg.storage, cfg.name)
@@ -218,21 +222,33 @@ def versus_lowest(table, best: dict, objective: tuple[str, str]) -> str:
 
 
 def trial_table(table, endings: dict, objective: tuple[str, str]) -> list[dict]:
-    """Per trial: how it ended, epochs run, its best selectable epoch and objective, why."""
+    """Per trial: how it ended, epochs run, its best selectable epoch and objective, why.
+    "Best" is the ranking's word where there is one (the trial's highest-ranked epoch, so the
+    champion's trial shows the champion's epoch), else the objective's best value."""
     name, mode = objective
     ended = {str(t): (status, reason) for status, rows in endings.items() for t, reason in rows}
     rows = []
     for trial, epochs in table.groupby("trial_id", sort=True):
-        usable = epochs[epochs["status"] == "ranked"] if "status" in epochs else epochs
-        usable = usable[usable[name].notna()] if name in usable else usable.iloc[:0]
-        top = (usable.loc[usable[name].idxmin() if mode == "min" else usable[name].idxmax()]
-               if len(usable) else None)
+        top = _trial_best(epochs, name, mode)
         status, reason = ended.get(str(trial), ("", ""))
+        value = None if top is None else top.get(name)
         rows.append({"trial": str(trial), "status": status, "epochs": int(epochs["epoch"].max()) + 1,
                      "best_epoch": None if top is None else int(top["epoch"]),
-                     name: None if top is None else float(top[name]),
+                     name: float(value) if isinstance(value, (int, float)) and value == value
+                     else None,  # the ranking's pick may lack the objective (not evaluated)
                      "reason": reason or ("" if top is not None else _unselectable(epochs))})
     return rows
+
+
+def _trial_best(epochs, name: str, mode: str):
+    """The trial's best selectable epoch (a row) or None."""
+    usable = epochs[epochs["status"] == "ranked"] if "status" in epochs else epochs
+    if "rank" in usable and usable["rank"].notna().any():
+        return usable.loc[usable["rank"].idxmin()]
+    usable = usable[usable[name].notna()] if name in usable else usable.iloc[:0]
+    if not len(usable):
+        return None
+    return usable.loc[usable[name].idxmin() if mode == "min" else usable[name].idxmax()]
 
 
 def _unselectable(epochs) -> str:
@@ -247,10 +263,11 @@ def _unselectable(epochs) -> str:
 def next_commands(cfg) -> list[str]:
     """What to run next, with this search's own names."""
     uri = f" --mlflow-uri {cfg.mlflow_uri}"
+    optuna = ([] if cfg.scheduler == "pbt"  # PBT: Tune's own random starts, no Optuna study
+              else [f"optuna-dashboard {optuna_notes.study_url(cfg.storage, cfg.name)}"])
     return [f"python -m orchestrator.report {cfg.name}{uri} --out report/",
             f"python -m orchestrator.rank {cfg.name}{uri} --policy pareto",
-            f"optuna-dashboard {optuna_notes.study_url(cfg.storage, cfg.name)}",
-            f"mlflow ui --backend-store-uri {cfg.mlflow_uri}"]
+            *optuna, f"mlflow ui --backend-store-uri {cfg.mlflow_uri}"]
 
 
 def mark_kept(table):
@@ -359,13 +376,18 @@ def _log_champion_views(settings: TrialSettings, client, parent_run_id: str, run
     """S0's stage 4, t-SNE of real validation vs the best generator's features (`tsne/`), and
     the copy view: its fakes nearest a training image beside those images (`memorisation/`,
     on the search run and the trial run)."""
+    wanted = _views_wanted(client, parent_run_id, settings.eval.get("metrics") or ())
+    if not any(wanted.values()):
+        return
     blob = read_checkpoint_file(checkpoint, "generator.pt")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             (Path(tmp) / "generator.pt").write_bytes(blob or b"")
             G, gan_cfg, _ = load_generator(Path(tmp) / "generator.pt")
             train, val = load_selection(settings, gan_cfg.resolution, gan_cfg.channels)
-            evaluator = GanEvaluator(val, metrics=("fid", "memorisation"),
+            evaluator = GanEvaluator(val, metrics=tuple(m for m, on in (
+                                         ("fid", wanted["tsne"]),
+                                         ("memorisation", wanted["memorisation"])) if on),
                                      latent_dim=gan_cfg.latent_dim,
                                      latent_dist=gan_cfg.latent_dist, seed=gan_cfg.seed,
                                      classes=getattr(G, "class_indices", None), real_train=train,
@@ -378,6 +400,8 @@ def _log_champion_views(settings: TrialSettings, client, parent_run_id: str, run
                  ("memorisation", "cxr.copy_view_skipped", lambda: evaluator.copy_view(
                     G, Path(tmp) / "most_copied.png"), (parent_run_id, run_id)))
         for folder, skip_tag, draw, runs in views:
+            if not wanted[folder]:
+                continue
             try:
                 png = draw()
             except Exception as exc:  # no Inception weights, too few images: say so
@@ -385,6 +409,20 @@ def _log_champion_views(settings: TrialSettings, client, parent_run_id: str, run
                 continue
             for target in runs:
                 client.log_artifact(target, str(png), artifact_path=folder)
+
+
+def _views_wanted(client, parent_run_id: str, metrics) -> dict[str, bool]:
+    """Which champion views the search's metrics allow; a view left out gets its skip tag."""
+    asked = set(metrics)
+    wanted = {"tsne": bool(asked & set(FEATURE_METRICS)), "memorisation": "memorisation" in asked}
+    needs = {"tsne": ("cxr.tsne_skipped", "one of " + ",".join(FEATURE_METRICS)),
+             "memorisation": ("cxr.copy_view_skipped", "memorisation")}
+    for view, (tag, need) in needs.items():
+        if not wanted[view]:
+            client.set_tag(parent_run_id, tag, "not drawn: the search measured "
+                           f"{','.join(sorted(asked)) or 'nothing'} (--eval-metrics); this "
+                           f"view needs {need}")
+    return wanted
 
 
 def _trial_run(client, search_name: str, parent_run_id: str, trial_id: str):

@@ -92,7 +92,8 @@ def _stored_search(tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, tags={"cxr.role": "search"}).info.run_id
-    for key, value in {"experiment": "acgan", "preset": "s0", "smoke": "True"}.items():
+    for key, value in {"experiment": "acgan", "preset": "s0", "smoke": "True",
+                       "storage": str(tmp_path / "ray_results")}.items():
         client.log_param(parent, key, value)
     cfg = GANConfig(resolution=16, width=0.0625)
     runs = {}
@@ -116,8 +117,28 @@ def _stored_search(tmp_path):
     return client, uri, parent
 
 
+def _optuna_study(tmp_path, trials=("a", "b")):
+    """The search's Optuna study as the tuner leaves it: a trial per Tune trial id."""
+    import optuna
+
+    from orchestrator.store import optuna_notes
+
+    url = optuna_notes.study_url(str(tmp_path / "ray_results"), "s")
+    optuna_notes.study_path(str(tmp_path / "ray_results"), "s").parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="s", storage=url)
+    for trial in trials:
+        asked = study.ask()
+        asked.set_user_attr("tune_trial_id", trial)
+        study.tell(asked, 1.0)
+    study.set_user_attr("cxr.selected", "tune trial a, epoch 1 · MLflow run ?")
+    return url
+
+
 def test_a_rerank_moves_the_selection_and_the_champion_unless_dry_run(tmp_path, capsys):
+    import optuna
+
     client, uri, parent = _stored_search(tmp_path)
+    url = _optuna_study(tmp_path)
     verdicts = tmp_path / "v.csv"
     verdicts.write_text("trial_id,epoch,verdict\na,1,reject\n")
     args = ["latest", "--mlflow-uri", uri, "--out", str(tmp_path / "out"), "--policy",
@@ -137,6 +158,13 @@ def test_a_rerank_moves_the_selection_and_the_champion_unless_dry_run(tmp_path, 
     champion = client.get_model_version_by_alias("cxr-acgan-generator", "champion")
     assert str(champion.version) == "2" and champion.tags["epoch"] == "1"
     assert champion.tags["source_run_id"] == tags["cxr.best_run_id"]
+    # ... and Optuna's notes name the new selection (they named a@1 before)
+    notes = optuna.load_study(study_name="s", storage=url).user_attrs
+    assert notes["cxr.selected"].startswith("tune trial b, epoch 1 · MLflow run "
+                                            f"{tags['cxr.best_run_id']}"), notes
+    # a@1 was rejected, so trial a's best selectable epoch is now 0
+    assert notes["cxr.trial.0"].endswith("best selectable epoch 0 (fid 3)"), notes
+    assert notes["cxr.trial.1"].endswith("best selectable epoch 1 (fid 2.2)"), notes
     assert rank.main(args) == 0
     assert "the selection is unchanged" in capsys.readouterr().out
 

@@ -251,3 +251,37 @@ def test_asha_counts_images_under_an_image_budget():
     assert (by_images._time_attr, by_images._max_t) == ("images_seen", 100_000)
     assert [rung for rung, _ in by_images._brackets[0]._rungs] == [100_000, 50_000, 25_000]
     assert scheduler(cfg, "best_fid", "min", 10, None)._time_attr == "training_iteration"
+
+
+def test_the_champion_views_follow_the_searchs_metrics():
+    """A search that measured no Inception metric loads no Inception network at its end: the
+    t-SNE is skipped with the reason; the copy view follows 'memorisation'."""
+    tags = {}
+
+    class Client:
+        def set_tag(self, run_id, key, value):
+            tags[key] = value
+
+    wanted = finalize._views_wanted(Client(), "parent", ("visual",))
+    assert wanted == {"tsne": False, "memorisation": False}
+    assert tags["cxr.tsne_skipped"].startswith("not drawn: the search measured visual")
+    assert tags["cxr.tsne_skipped"].endswith("needs one of fid,kid,intra_fid,is,"
+                                             "memorisation_inception")
+    assert tags["cxr.copy_view_skipped"].endswith("needs memorisation")
+    tags.clear()
+    assert finalize._views_wanted(Client(), "parent", ("kid", "memorisation")) == {
+        "tsne": True, "memorisation": True}
+    assert tags == {}
+
+
+def test_the_trial_table_names_the_rankings_pick_not_the_lowest_objective():
+    """Before, the champion's trial row said "best epoch 1" (lowest FID) under a summary
+    whose champion was epoch 0 (the staged policy's pick): one "best" per trial now."""
+    ranked = ranking.rank(_epochs(fid=[2.0, 1.0, 3.0]), "staged")
+    best = ranking.best(ranked).to_dict()
+    rows = {r["trial"]: r for r in finalize.trial_table(ranked, {}, ("fid", "min"))}
+    assert (best["trial_id"], best["epoch"]) == ("a", 0)
+    assert rows["a"]["best_epoch"] == 0 and rows["a"]["fid"] == 2.0
+    unranked = {r["trial"]: r for r in finalize.trial_table(_epochs(fid=[2.0, 1.0, 3.0]), {},
+                                                             ("fid", "min"))}
+    assert unranked["a"]["best_epoch"] == 1  # no ranking: the objective decides

@@ -114,6 +114,7 @@ def search_config(record: SearchRecord, policy: str) -> SearchConfig:
                         # the budget's default)
                         min_diversity=(float(params["min_diversity"])
                                        if params.get("min_diversity") else None),
+                        scheduler=params.get("scheduler") or "asha",
                         **({"storage": params["storage"]} if params.get("storage") else {}))
 
 
@@ -189,7 +190,9 @@ def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFra
     from mlflow.tracking import MlflowClient
 
     from orchestrator import ranking
-    from orchestrator.finalize import log_best_metrics, record_best, versus_lowest
+    from orchestrator.finalize import (log_best_metrics, log_contact_sheets, note_optuna,
+                                       record_best, trial_endings, trial_table, versus_lowest)
+    from orchestrator.store.layout import trial_runs
 
     try:
         best = ranking.best(ranked).to_dict()
@@ -210,6 +213,12 @@ def update_selection(record: SearchRecord, cfg: SearchConfig, ranked: pd.DataFra
     objective = cfg.objectives()[0]
     done = record_best(cfg, None, client, parent, best, versus_lowest(ranked, best, objective))
     log_best_metrics(client, parent, best, objective[0])  # one "best" after the move too
+    # ... on the other screens too: the Optuna study's notes and the "(selected)" sheet mark
+    runs = trial_runs(client, record.parent.info.experiment_id, parent)
+    note_optuna(cfg, runs, {"best": done["best"], "trial_table": trial_table(
+        ranked, trial_endings(client, cfg.name, parent), objective)})
+    if cfg.is_gan:
+        log_contact_sheets(client, runs, done["best"])
     client.set_tag(parent, "cxr.reranked", f"policy {cfg.policy}; was trial {old[0]}, epoch {old[1]}")
     registered = done.get("registered_model")
     return (f"selected trial {new[0]}, epoch {new[1]} (was trial {old[0]}, epoch {old[1]})"
