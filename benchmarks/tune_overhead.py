@@ -10,6 +10,9 @@
    one with Optuna's TPE, one with Optuna's random sampler, same seed and budget; prints the
    best objective (FID) reached by any (trial, epoch) of each, read back from MLflow.
 
+--eval-metrics / --objective (as the search's; default the smoke set and FID) apply to every
+training above, so the ratios compare like with like.
+
 Numbers are printed as ratios because this machine is noisy.
 """
 from __future__ import annotations
@@ -59,10 +62,16 @@ def through_orchestrator(args, work: Path, name: str, extra: list[str]) -> tuple
         "acgan", "--smoke", "--data", args.data, "--duplicates", args.duplicates,
         "--name", name, "--storage",
         str(work / "ray_results"), "--mlflow-uri", f"sqlite:///{work}/mlflow.db",
-        "--max-epochs", str(args.epochs), *extra])
+        "--max-epochs", str(args.epochs), *measured(args), *extra])
     start = time.perf_counter()
     summary = pipeline.run_search(cfg)
     return time.perf_counter() - start, summary
+
+
+def measured(args) -> list[str]:
+    """The search options that say what each epoch measures and what is optimised."""
+    return [*(["--eval-metrics", args.eval_metrics] if args.eval_metrics else []),
+            "--objective", args.objective]
 
 
 def main(argv=None) -> None:
@@ -73,9 +82,13 @@ def main(argv=None) -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--compare-searchers", type=int, default=6, metavar="K")
+    parser.add_argument("--eval-metrics", default="", metavar="LIST",
+                        help="as the search's (default: the smoke budget's)")
+    parser.add_argument("--objective", default="fid", help="as the search's (default fid)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+    import pandas as pd
     import ray
 
     from orchestrator.cli import search
@@ -86,7 +99,8 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     cfg = search.config_from_args(["acgan", "--smoke", "--data", args.data,
                                    "--duplicates", args.duplicates, "--max-epochs",
-                                   str(args.epochs), "--name", "bench", "--storage", str(work)])
+                                   str(args.epochs), "--name", "bench", "--storage", str(work),
+                                   *measured(args)])
     settings = preflight_data(trial_settings(cfg, str(work)))
     configs = suggested_configs(acgan, dict(settings.base), args.trials, seed=0)
     t_plain = plain_loop(configs, settings)
@@ -99,16 +113,17 @@ def main(argv=None) -> None:
     print(f"Tune overhead ratio (orchestrator / plain): {t_tune / t_plain:.2f}")
 
     if args.compare_searchers:
-        best = {}
+        best, (objective, mode) = {}, cfg.objectives()[0]
         for searcher in ("optuna", "random"):
             through_orchestrator(args, work, f"bench-{searcher}", [
                 "--num-samples", str(args.compare_searchers), "--searcher", searcher])
             from orchestrator.store.reader import load_epoch_table
 
             epochs = load_epoch_table(f"bench-{searcher}", f"sqlite:///{work}/mlflow.db")
-            best[searcher] = float(epochs["fid"].min()) if "fid" in epochs else float("nan")
-        print(f"best FID at {args.compare_searchers} trials: optuna {best['optuna']:.2f}, "
-              f"random {best['random']:.2f} (ratio random/optuna "
+            values = epochs[objective] if objective in epochs else pd.Series([float("nan")])
+            best[searcher] = float(values.min() if mode == "min" else values.max())
+        print(f"best {objective} at {args.compare_searchers} trials: "
+              f"optuna {best['optuna']:.2f}, random {best['random']:.2f} (ratio random/optuna "
               f"{best['random'] / best['optuna']:.2f})")
     ray.shutdown()
 

@@ -47,7 +47,8 @@ def test_eval_cache_prints_the_ratio(covid3_dir, tmp_path):
 
 def test_tune_overhead_prints_both_comparisons(covid3_dir, tmp_path):
     out = run("tune_overhead.py", "--data", str(covid3_dir), "--trials", "1", "--epochs", "1",
-              "--compare-searchers", "1", tmp_path=tmp_path)
+              "--compare-searchers", "1", "--eval-metrics", "visual", "--objective", "g_loss",
+              tmp_path=tmp_path)
     assert "Tune overhead ratio" in out and "ratio random/optuna" in out
 
 

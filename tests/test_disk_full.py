@@ -178,10 +178,10 @@ def test_a_search_that_fills_its_disk_stops_failed_and_resumes_once_space_is_fre
     from test_search_e2e import env_for, mlflow_runs, search_cmd
 
     small_disk.mount(20)
-    # FID alone: the disk fills with checkpoints whatever is measured; the selection is not
-    # what this test is about
+    # the visual checks and the G loss: the disk fills with checkpoints whatever is measured,
+    # and neither loads the Inception network
     cmd = search_cmd(small_disk.path, "full", covid3_dir, "--num-samples", "2",
-                     "--scheduler", "none", "--eval-metrics", "fid")
+                     "--scheduler", "none", "--eval-metrics", "visual", "--objective", "g_loss")
     env = {**env_for(tmp_path), disk.RESERVE_ENV: "2"}  # the decoded-image cache off the disk
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 2, first.stderr[-3000:]

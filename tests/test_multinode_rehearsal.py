@@ -147,7 +147,8 @@ class Rehearsal:
         cmd = [sys.executable, "-m", "orchestrator.search", "acgan", "--smoke", "--data",
                str(data), "--name", name, "--duplicates", "keep", "--storage",
                str(self.tmp / "storage"), "--mlflow-uri", f"sqlite:///{self.tmp}/mlflow.db",
-               "--scheduler", "none", "--eval-metrics", "fid", *extra]  # where, not what
+               "--scheduler", "none", "--eval-metrics", "visual", "--objective", "g_loss",
+               *extra]  # where trials run, not what they measure
         proc = subprocess.Popen(cmd, env={**self.env, "RAY_ADDRESS": f"127.0.0.1:{self.port}"},
                                 cwd=self.tmp, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)

@@ -224,7 +224,7 @@ def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, c
     from orchestrator import pipeline
     from orchestrator.cli import search
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXR_CACHE_DIR", env_for(tmp_path)["CXR_CACHE_DIR"])  # the shared cache
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -234,7 +234,8 @@ def test_multi_node_trials_spread_with_checkpoints_in_shared_storage(tmp_path, c
         cfg = search.config_from_args([
             "acgan", "--smoke", "--data", str(covid3_dir), "--name", "multinode", "--duplicates", "keep",
             "--num-samples", "2", "--max-epochs", "1", "--scheduler", "none",
-            "--eval-metrics", "fid",  # where trials run is tested, not what they measure
+            # where trials run is tested, not what they measure: no Inception network
+            "--eval-metrics", "visual", "--objective", "g_loss",
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
         summary = pipeline.run_search(cfg)
         assert summary["trials"] == 2
@@ -257,14 +258,15 @@ def test_two_worker_torch_trainer_trial(tmp_path, covid3_dir, monkeypatch):
     from orchestrator import pipeline
     from orchestrator.cli import search
 
-    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXR_CACHE_DIR", env_for(tmp_path)["CXR_CACHE_DIR"])  # the shared cache
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         storage = tmp_path / "ray_results"
         cfg = search.config_from_args([
             "cgan", "--smoke", "--data", str(covid3_dir), "--name", "ddp",
             "--num-samples", "1", "--max-epochs", "2", "--scheduler", "none",
-            "--execution", "train", "--workers-per-trial", "2", "--eval-metrics", "fid",
+            "--execution", "train", "--workers-per-trial", "2",
+            "--eval-metrics", "visual", "--objective", "g_loss",  # DDP is the subject
             "--storage", str(storage), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])
         summary = pipeline.run_search(cfg)
         assert summary["trials"] == 1
