@@ -15,7 +15,7 @@ from orchestrator.store.reader import load_epoch_table
 from orchestrator.view import write_report
 from trainables.gan import load_generator
 from trainables.metrics.evaluator import GanEvaluator
-from trainables.metrics.registry import METRICS
+from trainables.metrics.registry import INCEPTION_EVALUATIONS, METRICS
 from trainables.trial import TrialSettings, load_selection
 
 
@@ -24,10 +24,6 @@ VERSION_METRICS = ("fid", "kid", "intra_fid", "cas_acc", "diversity_ratio")
 # ... and its memorisation figures (issue 23).
 MEMORISATION_TAGS = ("memorised_share", "nn_train_distance", "memorised_share_inception",
                      "nn_train_distance_inception", "precision", "recall", "density", "coverage")
-# The champion's views show what the search measured: the t-SNE needs Inception features
-# (drawn when one of these was asked), the copy view the pixel memorisation check.  A search
-# run with, say, `--eval-metrics visual` loads no Inception network at its end either.
-FEATURE_METRICS = ("fid", "kid", "intra_fid", "is", "memorisation_inception")
 
 
 def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id: str) -> dict:
@@ -412,10 +408,13 @@ def _log_champion_views(settings: TrialSettings, client, parent_run_id: str, run
 
 
 def _views_wanted(client, parent_run_id: str, metrics) -> dict[str, bool]:
-    """Which champion views the search's metrics allow; a view left out gets its skip tag."""
+    """Which champion views the search's metrics allow; a view left out gets its skip tag.
+    The t-SNE needs Inception features, the copy view the pixel memorisation check: a search
+    run with, say, `--eval-metrics visual` loads no Inception network at its end either."""
     asked = set(metrics)
-    wanted = {"tsne": bool(asked & set(FEATURE_METRICS)), "memorisation": "memorisation" in asked}
-    needs = {"tsne": ("cxr.tsne_skipped", "one of " + ",".join(FEATURE_METRICS)),
+    wanted = {"tsne": bool(asked & set(INCEPTION_EVALUATIONS)),
+              "memorisation": "memorisation" in asked}
+    needs = {"tsne": ("cxr.tsne_skipped", "one of " + ",".join(INCEPTION_EVALUATIONS)),
              "memorisation": ("cxr.copy_view_skipped", "memorisation")}
     for view, (tag, need) in needs.items():
         if not wanted[view]:

@@ -39,7 +39,7 @@ from .features import InceptionExtractor, WeightsNotFoundError, load_extractor, 
 from .frechet import frechet_distance_from_features
 from .inception_score import inception_score
 from .kid import kid
-from .registry import EVALUATIONS
+from .registry import EVALUATIONS, INCEPTION_EVALUATIONS
 from .stats_cache import StatsCache, stats_key
 from .tsne import tsne_plot
 
@@ -96,7 +96,7 @@ class GanEvaluator:
         self.extractor = self._load_extractor(extractor, dims, weights_path, hub_dir,
                                               torchscript_dir)
         if self.extractor is None and "visual" in self.metrics:
-            if set(self.metrics) & set(_FEATURE_METRICS + ("memorisation_inception",)):
+            if set(self.metrics) & set(INCEPTION_EVALUATIONS):
                 self._skip("diversity_ratio", "needs Inception features (see the FID skip reason)")
             else:  # the user's choice, not a fault: recorded in the protocol, no warning
                 self._skip("diversity_ratio", "needs Inception features: none of "
@@ -114,7 +114,7 @@ class GanEvaluator:
         (log.warning if warn else log.info)("metric %s skipped: %s", metric, reason)
 
     def _load_extractor(self, name, dims, weights_path, hub_dir, ts_dir) -> InceptionExtractor | None:
-        wanted = [m for m in _FEATURE_METRICS + ("memorisation_inception",) if m in self.metrics]
+        wanted = [m for m in INCEPTION_EVALUATIONS if m in self.metrics]
         if not wanted:
             return None
         try:

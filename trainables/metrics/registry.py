@@ -17,6 +17,8 @@ DIRECTIONS = ("min", "max")
 # network's feature space, which costs one Inception pass over the training set per data set.
 EVALUATIONS = ("fid", "kid", "intra_fid", "is", "cas", "visual", "memorisation",
                "memorisation_inception")
+# ... and those that load the Inception network (the FID features).
+INCEPTION_EVALUATIONS = ("fid", "kid", "intra_fid", "is", "memorisation_inception")
 TRAINABLES = ("gan", "classifier")
 
 
