@@ -1,7 +1,7 @@
 """How much GAN training a device does when 1, 2 or 4 trials share it, and where a trial's
 time goes: training, evaluation, checkpoint writes.
 
-    python -m benchmarks.search_throughput                          # 64 px, ~10 min on 2 cores
+    python -m benchmarks.search_throughput --packing 1              # 64 px, ~12 min on 2 cores
     python -m benchmarks.search_throughput --packing 1 2 4 8 --set resolution=112 --n-fake 0
 
 Each packing runs N standalone trials at once (`trainables.trial.run_gan_trial` in N
@@ -11,8 +11,11 @@ the trials).  It prints, per packing: training images/s summed over the trials (
 trials per hour at this trial length, the share of the trials' time spent training,
 evaluating and writing checkpoints (from each epoch's `time_*_s`), and the bytes the trial
 processes wrote per trial-hour (the kernel's write count, /proc/self/io).  --rule before
-replays the checkpoint rule before issue 22 (a full training state every epoch) beside today's
-default, so the write share of both is printed.
+replays the rules before issue 22 (a full training state and an evaluation every epoch)
+beside today's defaults (a full state every 10 epochs; a full search evaluates every 8,192
+training images, `orchestrator.config.EVAL_EVERY_IMAGES`), so the evaluation and write
+shares of both are printed.  The default 13 epochs of 1,280 images hold two of today's
+evaluation periods.
 """
 from __future__ import annotations
 
@@ -25,14 +28,16 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import FULL_EVAL, parse_overrides
+from orchestrator.config import EVAL_EVERY_IMAGES, FULL_EVAL, parse_overrides
 from trainables.context import standalone_context
 from trainables.gan import preset
 from trainables.trial import TrialSettings, run_gan_trial
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid19-radiography-subset"
 PHASES = ("train", "eval", "write")
-RULES = {"before": {"state_every": 1}, "today": {}}  # checkpoint rules: before issue 22, now
+# Checkpoint and evaluation rules: before issue 22, and a full search's defaults today.
+RULES = {"before": {"state_every": 1, "eval_every": 1},
+         "today": {"eval_every_images": EVAL_EVERY_IMAGES}}
 
 
 def written_bytes() -> int:
@@ -99,10 +104,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--experiment", default="acgan")
     p.add_argument("--preset", default="s0")
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=13)
     p.add_argument("--packing", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--rule", nargs="+", choices=sorted(RULES), default=["before", "today"],
-                   help="checkpoint rules to compare (default both)")
+                   help="checkpoint and evaluation rules to compare (default both)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="GANConfig override on top of 64 px grey, width 0.5, 20 steps/epoch")
     p.add_argument("--metrics", default="fid,kid,cas,visual,memorisation")

@@ -149,6 +149,26 @@ def test_max_images_reaches_the_trial_config_and_asha_counts_images():
     assert "max_images" not in plain.base
 
 
+def test_a_full_search_evaluates_every_8192_images_unless_told_otherwise():
+    """Issue 22: evaluation was 46 % of a CPU trial's time when every 1,280-image epoch was
+    evaluated.  A full search's default schedule is in images; any schedule the user gives
+    (flags or --set) wins, and the smoke budget still evaluates every epoch."""
+    from orchestrator.config import EVAL_EVERY_IMAGES
+    from orchestrator.run.settings import trial_settings
+
+    def schedule(*argv):
+        base = trial_settings(_cfg(*argv), "ray_results").base
+        return base.get("eval_every"), base.get("eval_every_images")
+
+    assert EVAL_EVERY_IMAGES == 8192
+    assert schedule("--max-epochs", "20") == (None, 8192)
+    assert schedule("--max-epochs", "20", "--eval-every", "1") == (1, None)
+    assert schedule("--max-epochs", "20", "--set", "eval_every=3") == (3, None)
+    assert schedule("--max-epochs", "20", "--eval-every-images", "640") == (None, 640)
+    assert schedule("--max-epochs", "20", "--set", "eval_every_images=100") == (None, 100)
+    assert schedule("--smoke") == (1, None)
+
+
 def test_the_classifier_has_no_image_budget():
     with pytest.raises(ValueError, match="--max-images applies to the GAN experiments only"):
         search.config_from_args(["classifier", "--tune", "--smoke", "--max-images", "1000"])

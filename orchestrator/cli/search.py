@@ -177,10 +177,13 @@ def _budget_options(g) -> None:
                         "(fid,kid,intra_fid,is,cas,visual,memorisation,memorisation_inception); "
                         "default depends on --smoke")
     g.add_argument("--eval-every", type=int, metavar="K",
-                   help="evaluate every K epochs (default: the preset's)")
+                   help="evaluate every K epochs (and at a trial's last epoch); default: "
+                        "--eval-every-images 8192, --smoke every epoch")
     g.add_argument("--eval-every-images", type=image_count, metavar="N",
-                   help="evaluate each time another N training images were seen, instead of "
-                        "every K epochs (and at a trial's last epoch)")
+                   help="evaluate each time another N training images were seen (and at a "
+                        "trial's last epoch), instead of every K epochs (default 8192: every "
+                        "epoch of a large data set, every few of a small one; --smoke: every "
+                        "epoch)")
     g.add_argument("--keep-epochs", type=int, default=5, metavar="K",
                    help="per trial, keep the generator weights of the K best epochs by the "
                         "(first) objective, plus the latest (the full training states for resume are "

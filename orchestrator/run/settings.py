@@ -4,8 +4,8 @@ anything starts.  (The study's budget is `orchestrator.study.config`.)"""
 from __future__ import annotations
 
 from orchestrator import registry
-from orchestrator.config import (FULL_EVAL, SMOKE_CLASSIFIER, SMOKE_EVAL, SMOKE_GAN,
-                                 ConfigError, SearchConfig, parse_overrides)
+from orchestrator.config import (EVAL_EVERY_IMAGES, FULL_EVAL, SMOKE_CLASSIFIER, SMOKE_EVAL,
+                                 SMOKE_GAN, ConfigError, SearchConfig, parse_overrides)
 from trainables.classifier.config import ClassifierConfig
 from trainables.gan import GANConfig, preset
 from trainables.gan.families import FAMILIES
@@ -42,9 +42,13 @@ def gan_base_config(cfg: SearchConfig) -> dict:
             base["max_images"] = cfg.max_images
         if cfg.eval_every_images:
             base["eval_every_images"] = cfg.eval_every_images
+        overrides = parse_overrides(cfg.overrides)
+        if not (cfg.smoke or cfg.eval_every or cfg.eval_every_images
+                or {"eval_every", "eval_every_images"} & set(overrides)):
+            base["eval_every_images"] = EVAL_EVERY_IMAGES
         if cfg.scheduler == "pbt":  # a full state at each exploit point (tuner's interval)
             base["state_every"] = max(1, int(base.get("epochs", 100)) // 4)
-        base.update(parse_overrides(cfg.overrides))
+        base.update(overrides)
         GANConfig.from_dict(base)
         space = registry.experiment_space(cfg.experiment)
         for point in space.first_points(base, base.get("epochs", 100)):
