@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.work = args.work or Path(tmp)
         print(f"{args.experiment} {args.preset}, {args.epochs} epochs per trial, on {device}"
               f"{' (' + torch.cuda.get_device_name(0) + ')' if device == 'cuda' else ''}")
-        print("| checkpoint rule | trials at once | images/s (device, all trials) | trials/hour | "
+        print("| rule (checkpoints, evaluation) | trials at once | images/s (device, all trials) | "
+              "trials/hour | "
               "train | eval | write | GiB written per trial-hour |")
         print("|---|---|---|---|---|---|---|---|")
         # A first trial computes the validation statistics and training features every later
