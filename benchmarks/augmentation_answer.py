@@ -1,7 +1,7 @@
 """Does the GAN help a classifier on an imbalanced chest X-ray set?  One answer, through the
 product (the search command's own code paths, MLflow included).
 
-    python -m benchmarks.augmentation_answer            # about 1.5 hours on 2 CPU cores
+    python -m benchmarks.augmentation_answer            # about 1 hour on 2 CPU cores
     python -m benchmarks.augmentation_answer --quick    # a few minutes: the pipeline, no answer
 
 On `covid19-radiography-subset` (COVID-19 1,500 / Normal 1,500) COVID-19 is made rare in the
@@ -15,8 +15,8 @@ and test images untouched).  Then:
 2. the classifier study with every strategy and 5 seeds at 32 px (S0's CNN, up to 15
    epochs with early stopping), its GAN strategies fed by the generator that search
    registered (`--gan-search`, its images resized to 32 px), each final model tested once.
-   32 px because 64 px costs ~24 s per epoch here: 8 strategies x 5 seeds x 15 epochs would
-   be 4 hours on 2 cores, 32 px ~1 hour;
+   32 px because 64 px has 4x the pixels per image: the 32 px study took 32 min on 2 cores
+   (the report's "Time" line), 64 px would take hours;
 3. a Markdown report (`--out`, default benchmarks/out/augmentation_answer/report.md): the
    data, the generator, the table with CIs, the paired differences and the verdicts.
 
@@ -44,6 +44,7 @@ from trainables.classifier.study import paired_markdown, rare_class_source
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid19-radiography-subset"
 MINORITY = "COVID-19=0.2"
+GAN_SCORES = ("fid", "cas_acc", "diversity_ratio")  # the generator's scores in the report
 
 # Per budget: the GAN search's and the study's own command-line options.
 BUDGETS = {
@@ -97,8 +98,7 @@ def finished_search(name: str, tracking_uri: str) -> dict:
     from orchestrator.store.reader import load_search
 
     metrics = load_search(name, tracking_uri).parent.data.metrics
-    return {"best": {"metrics": {k: metrics[f"best_{k}"] for k in ("fid", "cas_acc",
-                                                                    "diversity_ratio")
+    return {"best": {"metrics": {k: metrics[f"best_{k}"] for k in GAN_SCORES
                                  if f"best_{k}" in metrics}}}
 
 
@@ -107,8 +107,7 @@ def report(result: dict) -> str:
     study, gan = result["study"], result["gan"]
     generator = study["generator"]
     best = (gan.get("best") or {}).get("metrics", {})
-    scores = ", ".join(f"{k} {best[k]:.3f}" for k in ("fid", "cas_acc", "diversity_ratio")
-                       if k in best)
+    scores = ", ".join(f"{k} {best[k]:.3f}" for k in GAN_SCORES if k in best)
     kept = "; ".join(f"{c}: {k} of {n} training images kept" for c, (k, n) in
                      result["counts"].items())
     gan_min, study_min = result["minutes"]

@@ -1,7 +1,7 @@
 """How much GAN training a device does when 1, 2 or 4 trials share it, and where a trial's
 time goes: training, evaluation, checkpoint writes.
 
-    python -m benchmarks.search_throughput --packing 1              # 64 px, ~12 min on 2 cores
+    python -m benchmarks.search_throughput --packing 1              # 64 px, ~15 min on 2 cores
     python -m benchmarks.search_throughput --packing 1 2 4 8 --set resolution=112 --n-fake 0
 
 Each packing runs N standalone trials at once (`trainables.trial.run_gan_trial` in N
