@@ -120,14 +120,30 @@ class Rehearsal:
     def _dead_workers(self) -> int:
         return sum(1 for w in self.workers if w.poll() is not None)
 
-    def _wait_for_nodes(self, n: int, timeout: float = 120) -> None:
+    def _gcs_listening(self) -> bool:
+        with socket.socket() as s:
+            s.settimeout(2)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _live_nodes(self, timeout: float) -> str | None:
         code = ("import ray; ray.init(address='127.0.0.1:%d', logging_level='ERROR'); "
                 "print(sum(1 for x in ray.nodes() if x['Alive']))" % self.port)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                                 text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None  # a head still starting on a loaded machine keeps ray.init waiting
+        lines = out.stdout.strip().splitlines()
+        return lines[-1] if out.returncode == 0 and lines else None
+
+    def _wait_for_nodes(self, n: int, timeout: float = 300) -> None:
+        # CI's 2 cores, busy with the test before, have taken over a minute to start a head:
+        # each probe is bounded and retried until the deadline, and ray.init is only tried
+        # once the head's GCS port accepts connections.
         deadline = time.time() + timeout
         while time.time() < deadline:
-            out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
-                                 text=True, timeout=60)
-            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
+            if self._gcs_listening() and self._live_nodes(
+                    max(5.0, min(90.0, deadline - time.time()))) == str(n):
                 return
             time.sleep(2)
         raise AssertionError(f"the rehearsal cluster did not reach {n} live node(s); logs in "
