@@ -20,6 +20,7 @@ from orchestrator.run.settings import trial_settings
 from orchestrator.run.tuner import build_tuner, watching_interrupts
 from orchestrator.store import layout, retry, writer
 from trainables import disk
+from trainables.gan import GANConfig
 from trainables.trial import TrialSettings
 
 
@@ -243,19 +244,36 @@ def _check_resume_matches(client, cfg: SearchConfig, params: dict, fingerprint: 
     if not runs:
         return  # the first run died before MLflow heard of it: nothing to compare with
     first = runs[0].data
-    diffs = [f"{k}: {first.params[k]!r} then, {layout.short(v)!r} now" for k, v in params.items()
-             if k in first.params and first.params[k] != layout.short(v)]
+    then = {**_unrecorded_defaults(first.params, params, cfg.is_gan), **first.params}
+    diffs = [f"{k}: {then[k]!r} then, {layout.short(v)!r} now" for k, v in params.items()
+             if k in then and then[k] != layout.short(v)]
     if first.tags.get("cxr.data_fingerprint", fingerprint) != fingerprint:
         diffs.append(f"data fingerprint: {first.tags['cxr.data_fingerprint']} then, "
                      f"{fingerprint} now (the images differ)")
     if not diffs:
         return
     if not cfg.force:
+        sets = [f"--set {k[len('base.'):]}={then[k]}" for k, v in params.items()
+                if k.startswith("base.") and k in then and then[k] != layout.short(v)]
+        hint = f" (here: {' '.join(sets)})" if sets else ""
         raise ConfigError(f"--resume {cfg.name!r}: this run differs from the first one: "
-                          + "; ".join(diffs) + ". Resume with the first run's options, or add "
-                          "--force to continue anyway (the difference is recorded)")
+                          + "; ".join(diffs) + f". Resume with the first run's options{hint}, "
+                          "or add --force to continue anyway (the difference is recorded)")
     client.set_tag(runs[0].info.run_id, "cxr.resumed_with_differences",
                    layout.short("; ".join(diffs)))
+
+
+def _unrecorded_defaults(recorded: dict, params: dict, is_gan: bool) -> dict[str, str]:
+    """The trial-config values a first run did not record because its base left them at
+    GANConfig's defaults (a search started before this version set them, e.g. the default
+    evaluation schedule): the trials then ran with the default, so that is what a resume
+    must match, not "unknown"."""
+    if not is_gan:
+        return {}
+    defaults = {f"base.{f.name}": f.default for f in dataclasses.fields(GANConfig)
+                if f.default is not dataclasses.MISSING}
+    return {k: layout.short(defaults[k]) for k in params
+            if k not in recorded and k in defaults}
 
 
 def _storage_path(storage: str) -> str:

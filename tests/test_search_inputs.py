@@ -169,6 +169,25 @@ def test_resume_refuses_other_settings_or_data_unless_forced(tmp_path):
     assert "num_samples" in client.get_run(parent).data.tags["cxr.resumed_with_differences"]
 
 
+def test_resume_of_a_search_from_before_the_default_schedule_is_not_silently_changed(tmp_path):
+    # A search started before full searches evaluated every EVAL_EVERY_IMAGES images did not
+    # record base.eval_every_images: its trials ran with GANConfig's default (0: off).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("old", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, tags={"cxr.role": "search",
+                                                 "cxr.data_fingerprint": "abc"}).info.run_id
+    client.log_param(parent, "base.epochs", "20")
+    cfg = SearchConfig(experiment="acgan", preset="s0", name="old", resume=True)
+    now = {"base.epochs": 20, "base.eval_every_images": 8192}
+    with pytest.raises(ConfigError, match=r"base.eval_every_images: '0' then, '8192' now.*"
+                                          r"--set eval_every_images=0"):
+        pipeline._check_resume_matches(client, cfg, now, "abc")
+    # resumed as the message says: the trials keep their schedule
+    pipeline._check_resume_matches(client, cfg, {**now, "base.eval_every_images": 0}, "abc")
+
+
 # ------------------------------------------------------------------------------ selection
 def _epochs(**columns) -> pd.DataFrame:
     base = {"trial_id": ["a", "a", "b"], "epoch": [0, 1, 0], "g_loss": [0.5, 0.9, 1.0],
