@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import EVAL_EVERY_IMAGES, FULL_EVAL, parse_overrides
+from orchestrator.config import DEFAULT_SCHEDULE, FULL_EVAL, parse_overrides
 from trainables.context import standalone_context
 from trainables.gan import preset
 from trainables.trial import TrialSettings, run_gan_trial
@@ -37,7 +37,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid19
 PHASES = ("train", "eval", "write")
 # Checkpoint and evaluation rules: before issue 22, and a full search's defaults today.
 RULES = {"before": {"state_every": 1, "eval_every": 1},
-         "today": {"eval_every_images": EVAL_EVERY_IMAGES}}
+         "today": dict(DEFAULT_SCHEDULE)}
 
 
 def written_bytes() -> int:

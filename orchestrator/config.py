@@ -40,6 +40,10 @@ FULL_EVAL = {"metrics": ("fid", "kid", "intra_fid", "is", "cas", "visual", "memo
 # time, issue 22), on a 30k-image set still every epoch.  StyleGAN and BigGAN evaluate every
 # few hundred thousand images; this keeps an epoch-level choice at small data sizes.
 EVAL_EVERY_IMAGES = 8192
+# ... and at least 4 times over a trial's budget: ASHA's first rung is a quarter of it
+# (`asha_grace_period`), so a trial of few epochs or a small batch (8,192 images can be more
+# than its whole budget) still has evaluated epochs to rank and a value at that rung.
+DEFAULT_SCHEDULE = {"eval_every_images": EVAL_EVERY_IMAGES, "min_evals": 4}
 SMOKE_CLASSIFIER = {"resolution": 32, "channels": 1, "epochs": 3, "n_boot": 100}
 
 

@@ -151,22 +151,46 @@ def test_max_images_reaches_the_trial_config_and_asha_counts_images():
 
 def test_a_full_search_evaluates_every_8192_images_unless_told_otherwise():
     """Issue 22: evaluation was 46 % of a CPU trial's time when every 1,280-image epoch was
-    evaluated.  A full search's default schedule is in images; any schedule the user gives
-    (flags or --set) wins, and the smoke budget still evaluates every epoch."""
-    from orchestrator.config import EVAL_EVERY_IMAGES
+    evaluated.  A full search's default schedule is in images (at least 4 times a trial);
+    any schedule the user gives (flags or --set) wins, and the smoke budget still evaluates
+    every epoch."""
+    from orchestrator.config import DEFAULT_SCHEDULE
     from orchestrator.run.settings import trial_settings
 
     def schedule(*argv):
         base = trial_settings(_cfg(*argv), "ray_results").base
-        return base.get("eval_every"), base.get("eval_every_images")
+        return base.get("eval_every"), base.get("eval_every_images"), base.get("min_evals")
 
-    assert EVAL_EVERY_IMAGES == 8192
-    assert schedule("--max-epochs", "20") == (None, 8192)
-    assert schedule("--max-epochs", "20", "--eval-every", "1") == (1, None)
-    assert schedule("--max-epochs", "20", "--set", "eval_every=3") == (3, None)
-    assert schedule("--max-epochs", "20", "--eval-every-images", "640") == (None, 640)
-    assert schedule("--max-epochs", "20", "--set", "eval_every_images=100") == (None, 100)
-    assert schedule("--smoke") == (1, None)
+    assert DEFAULT_SCHEDULE == {"eval_every_images": 8192, "min_evals": 4}
+    assert schedule("--max-epochs", "20") == (None, 8192, 4)
+    assert schedule("--max-epochs", "20", "--eval-every", "1") == (1, None, None)
+    assert schedule("--max-epochs", "20", "--set", "eval_every=3") == (3, None, None)
+    assert schedule("--max-epochs", "20", "--eval-every-images", "640") == (None, 640, None)
+    assert schedule("--max-epochs", "20", "--set", "eval_every_images=100") == (None, 100, None)
+    assert schedule("--max-epochs", "20", "--set", "min_evals=0") == (None, None, 0)
+    assert schedule("--smoke") == (1, None, None)
+
+
+def test_the_default_schedule_evaluates_a_short_or_small_batch_trial_before_its_end():
+    """Seen in a 20-epoch search: a trial that drew batch 4 (40 steps: 160 images an epoch,
+    3,200 in all) never crossed 8,192 images and was evaluated only at its last epoch, so it
+    had no epoch to choose and ASHA's rungs saw nothing.  min_evals=4 shortens the period to
+    a quarter of the budget; a trial whose budget holds 4 x 8,192 images keeps 8,192."""
+    from trainables.gan import GANConfig
+    from trainables.gan.train import eval_due
+
+    def evaluated(per_epoch, epochs, **schedule):
+        cfg = GANConfig(family="acgan", epochs=epochs, **schedule)
+        last = min(epochs, -(-cfg.max_images // per_epoch) if cfg.max_images else epochs)
+        return [e for e in range(last) if eval_due(cfg, e, (e + 1) * per_epoch, e * per_epoch)]
+
+    assert evaluated(160, 20, eval_every_images=8192) == []  # the last epoch only (the loop's rule)
+    assert evaluated(160, 20, eval_every_images=8192, min_evals=4) == [4, 9, 14, 19]
+    assert evaluated(1280, 13, eval_every_images=8192, min_evals=4) == [3, 6, 9, 12]
+    assert evaluated(1280, 40, eval_every_images=8192, min_evals=4) == [6, 12, 19, 25, 31, 38]
+    # under an image budget the quarter is of max_images
+    assert evaluated(100, 50, eval_every_images=8192, min_evals=4, max_images=1000) == [
+        2, 4, 7, 9]
 
 
 def test_the_classifier_has_no_image_budget():

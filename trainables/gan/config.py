@@ -59,6 +59,9 @@ class GANConfig:
     seed: int = 0
     eval_every: int = 1                   # call `evaluate` every this many epochs (and at the last)
     eval_every_images: int = 0            # or each time this many more images were seen (0: off)
+    min_evals: int = 0                    # with eval_every_images: also every budget/min_evals
+                                          # (epochs, or max_images), so a short trial or a
+                                          # small batch is still evaluated before its end
     max_images: int = 0                   # stop after this many training images (0: epochs decide)
     state_every: int = 10                 # full training state (G, D, optimisers: what resume
                                           # needs) every this many epochs, at the last and at
@@ -153,6 +156,7 @@ def _problems(c: GANConfig) -> list[str]:
         (0 <= c.label_smoothing < 0.5, f"label_smoothing={c.label_smoothing} must be in [0, 0.5)"),
         (c.eval_every >= 1, f"eval_every={c.eval_every} must be >= 1"),
         (c.eval_every_images >= 0, f"eval_every_images={c.eval_every_images} must be >= 0"),
+        (c.min_evals >= 0, f"min_evals={c.min_evals} must be >= 0"),
         (c.max_images >= 0, f"max_images={c.max_images} must be >= 0 (0: no image budget)"),
         (c.state_every >= 1, f"state_every={c.state_every} must be >= 1"),
         (c.grid_per_class >= 2, f"grid_per_class={c.grid_per_class} must be >= 2 (the collapse check needs a spread)"),

@@ -321,10 +321,23 @@ def images_seen(iteration: int, cfg: GANConfig, world_size: int) -> int:
 
 def eval_due(cfg: GANConfig, epoch: int, seen: int, seen_before: int) -> bool:
     """Evaluate every `eval_every` epochs, or, with `eval_every_images`, each time the
-    images seen cross a multiple of it (a schedule that does not depend on the data's size)."""
-    if cfg.eval_every_images > 0:
-        return seen // cfg.eval_every_images > seen_before // cfg.eval_every_images
-    return (epoch + 1) % cfg.eval_every == 0
+    images seen cross a multiple of it (a schedule that does not depend on the data's size).
+    `min_evals` shortens that period to the trial's budget in images / min_evals (the budget:
+    `max_images`, else epochs x this epoch's images): a trial whose whole budget is a few
+    thousand images (few epochs, a small batch) would otherwise be evaluated only at its
+    end, with no epoch to choose and nothing for ASHA's rungs."""
+    if cfg.eval_every_images <= 0:
+        return (epoch + 1) % cfg.eval_every == 0
+    period = cfg.eval_every_images
+    if cfg.min_evals > 0:
+        budget = cfg.epochs * (seen - seen_before)  # whichever budget ends first
+        budget = min(budget, cfg.max_images) if cfg.max_images else budget
+        period = max(1, min(period, budget // cfg.min_evals))
+    return _crossed(seen, seen_before, period)
+
+
+def _crossed(seen: int, seen_before: int, period: int) -> bool:
+    return seen // period > seen_before // period
 
 
 def _evaluate(evaluate: Evaluate, G: nn.Module, D: nn.Module, epoch: int,
