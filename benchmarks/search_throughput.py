@@ -13,9 +13,10 @@ evaluating and writing checkpoints (from each epoch's `time_*_s`), and the bytes
 processes wrote per trial-hour (the kernel's write count, /proc/self/io).  --rule before
 replays the rules before issue 22 (a full training state and an evaluation every epoch)
 beside today's defaults (a full state every 10 epochs; a full search evaluates every 8,192
-training images, `orchestrator.config.EVAL_EVERY_IMAGES`), so the evaluation and write
-shares of both are printed.  The default 13 epochs of 1,280 images hold two of today's
-evaluation periods.
+training images and at least 4 times a trial, `orchestrator.config.DEFAULT_SCHEDULE`), so
+the evaluation and write shares of both are printed.  The default 13 epochs of 1,280 images
+(16,640 in all) are evaluated after epochs 3, 6, 9 and 12: a quarter of the budget is
+shorter than 8,192 images, so min_evals sets the period here.
 """
 from __future__ import annotations
 

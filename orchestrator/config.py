@@ -44,6 +44,7 @@ EVAL_EVERY_IMAGES = 8192
 # (`asha_grace_period`), so a trial of few epochs or a small batch (8,192 images can be more
 # than its whole budget) still has evaluated epochs to rank and a value at that rung.
 DEFAULT_SCHEDULE = {"eval_every_images": EVAL_EVERY_IMAGES, "min_evals": 4}
+SCHEDULE_KEYS = ("eval_every", "eval_every_images", "min_evals")  # a user's choice of any wins
 SMOKE_CLASSIFIER = {"resolution": 32, "channels": 1, "epochs": 3, "n_boot": 100}
 
 

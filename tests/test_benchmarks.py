@@ -95,14 +95,17 @@ def test_gpu_trial_writes_grids_and_per_epoch_timings(covid3_dir, tmp_path):
     out_dir = tmp_path / "gt"
     out = run("gpu_trial.py", "--data", str(covid3_dir), "--minutes", "0", "--set",
               "resolution=16", "--set", "channels=1", "--set", "width=0.25", "--set",
-              "steps_per_epoch=2", "--metrics", "visual", "--out", str(out_dir),
-              tmp_path=tmp_path)
+              "steps_per_epoch=2", "--set", "eval_every=1", "--metrics", "visual", "--out",
+              str(out_dir), tmp_path=tmp_path)
     assert "training images/s" in out and "time in evaluation" in out
+    assert "of the training time (1 evaluations; seconds each: generate " in out
     assert (out_dir / "first_grid.png").is_file() and (out_dir / "last_grid.png").is_file()
     (epoch,) = json.loads((out_dir / "epochs.json").read_text())  # 0 minutes: one epoch
     assert {"time_train_s", "time_eval_s", "time_write_s", "images_seen"} <= set(epoch)
     summary = json.loads((out_dir / "summary.json").read_text())
     assert abs(summary["train_share"] + summary["eval_share"] + summary["write_share"] - 1) < 1e-9
+    assert set(summary["eval_parts_s"]) == {"generate", "visual"}
+    assert summary["eval_per_train"] == summary["eval_s"] / summary["train_s"]
 
 
 def test_search_throughput_prints_packing_and_shares(covid3_dir, tmp_path):

@@ -220,6 +220,10 @@ def test_acgan_class_check_compares_d_head_with_a_reference_classifier(covid3_di
     assert {"aux_class_acc", "aux_fake_class_acc", "ref_class_acc", "class_confusion"} <= set(r)
     assert 0 <= r["aux_fake_class_acc"] <= 1 and 0 <= r["ref_class_acc"] <= 1
     assert r["class_confusion"] == pytest.approx(r["aux_fake_class_acc"] - r["ref_class_acc"])
+    # where the evaluation's seconds went (issue 22: which part to make cheaper on a device)
+    parts = {k: v for k, v in r.items() if k.startswith("time_eval_") and k != "time_eval_s"}
+    assert set(parts) == {"time_eval_generate_s", "time_eval_visual_s"}
+    assert all(v > 0 for v in parts.values()) and sum(parts.values()) <= r["eval_seconds"]
     # families without a class head get the reference check only
     (r,) = train_gan(GANConfig(family="cgan", width=0.0625, epochs=1, batch_size=32,
                                steps_per_epoch=2), covid3_32, standalone_context(tmp_path / "c"),

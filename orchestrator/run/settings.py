@@ -4,7 +4,7 @@ anything starts.  (The study's budget is `orchestrator.study.config`.)"""
 from __future__ import annotations
 
 from orchestrator import registry
-from orchestrator.config import (DEFAULT_SCHEDULE, FULL_EVAL, SMOKE_CLASSIFIER, SMOKE_EVAL,
+from orchestrator.config import (DEFAULT_SCHEDULE, FULL_EVAL, SCHEDULE_KEYS, SMOKE_CLASSIFIER, SMOKE_EVAL,
                                  SMOKE_GAN, ConfigError, SearchConfig, parse_overrides)
 from trainables.classifier.config import ClassifierConfig
 from trainables.gan import GANConfig, preset
@@ -44,7 +44,7 @@ def gan_base_config(cfg: SearchConfig) -> dict:
             base["eval_every_images"] = cfg.eval_every_images
         overrides = parse_overrides(cfg.overrides)
         if not (cfg.smoke or cfg.eval_every or cfg.eval_every_images
-                or {"eval_every", "eval_every_images", "min_evals"} & set(overrides)):
+                or set(SCHEDULE_KEYS) & set(overrides)):
             base.update(DEFAULT_SCHEDULE)
         if cfg.scheduler == "pbt":  # a full state at each exploit point (tuner's interval)
             base["state_every"] = max(1, int(base.get("epochs", 100)) // 4)
