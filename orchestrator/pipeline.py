@@ -244,17 +244,20 @@ def _check_resume_matches(client, cfg: SearchConfig, params: dict, fingerprint: 
     if not runs:
         return  # the first run died before MLflow heard of it: nothing to compare with
     first = runs[0].data
-    then = {**_unrecorded_defaults(first.params, params, cfg.is_gan), **first.params}
-    diffs = [f"{k}: {then[k]!r} then, {layout.short(v)!r} now" for k, v in params.items()
-             if k in then and then[k] != layout.short(v)]
+    # A trial-config key one side's base left out ran with GANConfig's default there.
+    defaults = _gan_defaults() if cfg.is_gan else {}
+    now = {k: layout.short(v) for k, v in params.items()}
+    then = {**{k: v for k, v in defaults.items() if k in now}, **first.params}
+    now = {**{k: v for k, v in defaults.items() if k in first.params}, **now}
+    differing = [k for k in now if k in then and then[k] != now[k]]
+    diffs = [f"{k}: {then[k]!r} then, {now[k]!r} now" for k in differing]
     if first.tags.get("cxr.data_fingerprint", fingerprint) != fingerprint:
         diffs.append(f"data fingerprint: {first.tags['cxr.data_fingerprint']} then, "
                      f"{fingerprint} now (the images differ)")
     if not diffs:
         return
     if not cfg.force:
-        sets = [f"--set {k[len('base.'):]}={then[k]}" for k, v in params.items()
-                if k.startswith("base.") and k in then and then[k] != layout.short(v)]
+        sets = [f"--set {k[len('base.'):]}={then[k]}" for k in differing if k.startswith("base.")]
         hint = f" (here: {' '.join(sets)})" if sets else ""
         raise ConfigError(f"--resume {cfg.name!r}: this run differs from the first one: "
                           + "; ".join(diffs) + f". Resume with the first run's options{hint}, "
@@ -263,17 +266,12 @@ def _check_resume_matches(client, cfg: SearchConfig, params: dict, fingerprint: 
                    layout.short("; ".join(diffs)))
 
 
-def _unrecorded_defaults(recorded: dict, params: dict, is_gan: bool) -> dict[str, str]:
-    """The trial-config values a first run did not record because its base left them at
-    GANConfig's defaults (a search started before this version set them, e.g. the default
-    evaluation schedule): the trials then ran with the default, so that is what a resume
-    must match, not "unknown"."""
-    if not is_gan:
-        return {}
-    defaults = {f"base.{f.name}": f.default for f in dataclasses.fields(GANConfig)
-                if f.default is not dataclasses.MISSING}
-    return {k: layout.short(defaults[k]) for k in params
-            if k not in recorded and k in defaults}
+def _gan_defaults() -> dict[str, str]:
+    """`base.<key>` -> GANConfig's default, as recorded: what a trial ran with where its
+    search's base left the key out (a search started before this version's defaults, e.g.
+    the evaluation schedule, recorded no `base.eval_every_images`)."""
+    return {f"base.{f.name}": layout.short(f.default) for f in dataclasses.fields(GANConfig)
+            if f.default is not dataclasses.MISSING}
 
 
 def _storage_path(storage: str) -> str:

@@ -186,6 +186,11 @@ def test_resume_of_a_search_from_before_the_default_schedule_is_not_silently_cha
         pipeline._check_resume_matches(client, cfg, now, "abc")
     # resumed as the message says: the trials keep their schedule
     pipeline._check_resume_matches(client, cfg, {**now, "base.eval_every_images": 0}, "abc")
+    # a key recorded then but left out now is the default now (0), not "unchanged"
+    client.log_param(parent, "base.min_evals", "4")
+    with pytest.raises(ConfigError, match=r"base.min_evals: '4' then, '0' now.*"
+                                          r"--set min_evals=4"):
+        pipeline._check_resume_matches(client, cfg, {**now, "base.eval_every_images": 0}, "abc")
 
 
 # ------------------------------------------------------------------------------ selection
