@@ -91,6 +91,7 @@ def test_augmentation_answer_quick_writes_the_paired_verdicts(radiography_dir, t
 
 def test_gpu_trial_writes_grids_and_per_epoch_timings(covid3_dir, tmp_path):
     import json
+    import math
 
     out_dir = tmp_path / "gt"
     out = run("gpu_trial.py", "--data", str(covid3_dir), "--minutes", "0", "--set",
@@ -106,6 +107,10 @@ def test_gpu_trial_writes_grids_and_per_epoch_timings(covid3_dir, tmp_path):
     assert abs(summary["train_share"] + summary["eval_share"] + summary["write_share"] - 1) < 1e-9
     assert set(summary["eval_parts_s"]) == {"generate", "visual"}
     assert summary["eval_per_train"] == summary["eval_s"] / summary["train_s"]
+    # the period at which one such evaluation would be 10 % of the training time
+    period = summary["eval_s"] * summary["images_seen"] / summary["train_s"] / 0.10
+    assert summary["eval_every_images_for_target"] == math.ceil(period)
+    assert f"evaluating every {math.ceil(period)} images would hold it at 10% here" in out
 
 
 def test_search_throughput_prints_packing_and_shares(covid3_dir, tmp_path):
