@@ -118,3 +118,23 @@ def test_within_class_collapse_stops_after_patience_low_evaluations():
     resumed.load_state_dict(g.state_dict())
     assert resumed.low_diversity == g.low_diversity
     assert DivergenceGuard(0.01, 2, 0.0).after_eval({"epoch": 9, "diversity_ratio": 0.0}) is None  # off
+
+
+def test_a_diverged_generators_grid_draws_its_nan_pixels_grey(tmp_path):
+    """The last grid of a NaN epoch is written (the guard stops after it): NaN pixels are drawn
+    mid-grey, not whatever an undefined NaN -> uint8 cast gives."""
+    import warnings
+
+    from PIL import Image
+
+    from trainables.gan.sampling import save_grid
+
+    images = torch.full((2, 1, 8, 8), float("nan"))
+    images[1] = 1.0  # one sane tile beside it: white
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = save_grid(images, tmp_path / "grid.png", per_row=2)
+    grid = np.asarray(Image.open(path).convert("L"))
+    scale = len(grid) // 12  # 8 px tiles with 2 px padding, scaled up
+    nan_tile = grid[2 * scale:10 * scale, 2 * scale:10 * scale]
+    assert np.all(np.abs(nan_tile.astype(int) - 128) <= 1), np.unique(nan_tile)

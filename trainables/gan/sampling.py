@@ -65,7 +65,9 @@ def save_grid(images: torch.Tensor, path: Path | str, per_row: int,
 
     side = images.shape[-1]
     scale = max(1, min(4, -(-MIN_TILE_PX // side)))
-    grid = make_grid((images.detach().cpu().float().clamp(-1, 1) + 1) / 2, nrow=per_row,
+    # a diverged generator's NaN pixels are drawn mid-grey (casting NaN to uint8 is undefined)
+    images = torch.nan_to_num(images.detach().cpu().float(), nan=0.0)
+    grid = make_grid((images.clamp(-1, 1) + 1) / 2, nrow=per_row,
                      padding=2, pad_value=1.0)
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     tiles = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale),
