@@ -22,7 +22,7 @@ from orchestrator import registry
 from orchestrator.config import ConfigError, SearchConfig
 from orchestrator.console import ConsoleCallback
 from orchestrator.store import optuna_notes
-from orchestrator.store.writer import error_line
+from orchestrator.store.writer import MlflowSearchCallback, error_line
 from trainables import disk
 from trainables.ray_glue import checkpoints_kept, trial, trial_resources
 from trainables.trial import TrialSettings, best_key
@@ -191,7 +191,9 @@ class BestEpochOptunaSearch(OptunaSearch):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._ot_study.set_metric_names([str(n) for n in names])
         ot_trial.set_user_attr("tune_trial_id", trial_id)
-        run_id = getattr(self, "run_ids", {}).get(trial_id)  # a searcher pickled before: none
+        # a restored searcher's own map is a stale copy (pickled apart from the callback's)
+        run_id = (getattr(self, "run_ids", {}).get(trial_id)
+                  or MlflowSearchCallback.live_run_ids().get(trial_id))
         if run_id:
             ot_trial.set_user_attr("mlflow_run_id", run_id)
         if error:

@@ -145,6 +145,20 @@ class MlflowSearchCallback(Callback):
         self._protocols: dict[str, str] = {}
         self._params: dict[str, set[str]] = {}  # per run: the param keys already logged
 
+    # The run map of the callback Tune runs now (one search per driver process): on --resume
+    # Tune unpickles the searcher and the callbacks apart, so the searcher's reference to
+    # `run_ids` no longer is this map; `live_run_ids` is.
+    _live_runs: dict[str, str] = {}
+
+    def setup(self, **info):
+        super().setup(**info)
+        MlflowSearchCallback._live_runs = self._runs
+
+    @staticmethod
+    def live_run_ids() -> dict[str, str]:
+        """Tune trial id -> MLflow run id, as the running search's callback knows them."""
+        return MlflowSearchCallback._live_runs
+
     # Tune pickles callbacks into its experiment state: keep the client out of it (the
     # pending writes travel through get_state).
     def __getstate__(self):
