@@ -27,6 +27,18 @@ def test_help_explains_every_option():
         assert flag in out
 
 
+def test_the_eval_metrics_help_names_every_evaluation():
+    """The help lists the names by hand (the registry's package imports torch, which would
+    make --help take seconds): this keeps the two the same."""
+    import re
+
+    from trainables.metrics.registry import EVALUATIONS
+
+    (action,) = [a for a in search.build_parser()._actions if a.dest == "eval_metrics"]
+    listed = re.search(r"\(([a-z_,]+)\)", action.help).group(1).split(",")
+    assert listed == list(EVALUATIONS)
+
+
 def test_every_option_is_a_search_config_field():
     """config_from_namespace passes the parsed options to SearchConfig by name."""
     import dataclasses

@@ -173,6 +173,7 @@ def _budget_options(g) -> None:
                         "search costs the same on 1k and 30k training images (default: no image "
                         "budget, epochs decide)")
     g.add_argument("--eval-metrics", metavar="LIST",
+                   # by hand: the registry would import torch into --help (a test compares)
                    help="comma-separated per-epoch evaluation metrics "
                         "(fid,kid,intra_fid,is,cas,visual,memorisation,memorisation_inception); "
                         "default depends on --smoke")
