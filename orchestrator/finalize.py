@@ -72,7 +72,7 @@ def finalize_search(cfg, settings: TrialSettings, results, client, parent_run_id
         summary.update(record_best(cfg, settings, client, parent_run_id, best, versus))
     # One query for both: the trial runs as they ended (after reconcile_running).
     runs = trial_runs(client, where["experiment_id"], parent_run_id)
-    note_optuna(cfg, runs, summary)
+    note_optuna(cfg, runs, summary, search_ended=True)
     if cfg.is_gan:
         log_contact_sheets(client, runs, summary.get("best"))
         log_training_curves(client, runs, scored)
@@ -129,15 +129,16 @@ def log_training_curves(client, runs, table) -> int:
     return logged
 
 
-def note_optuna(cfg, runs, summary: dict) -> None:
-    """The ranking's verdicts on the Optuna study (`orchestrator.store.optuna_notes`)."""
+def note_optuna(cfg, runs, summary: dict, search_ended: bool = False) -> None:
+    """The ranking's verdicts on the Optuna study (`orchestrator.store.optuna_notes`);
+    `search_ended`: also close the suggestions no trial ran."""
     if cfg.scheduler == "pbt" or not optuna_notes.study_path(cfg.storage, cfg.name).is_file():
         return  # PBT searches with Tune's own random starts: no Optuna study
     run_ids = {r.data.tags.get("cxr.trial_id", ""): r.info.run_id for r in runs}
     url = optuna_notes.study_url(cfg.storage, cfg.name)
     try:
         optuna_notes.annotate(url, cfg.name, summary["trial_table"], run_ids, summary["best"],
-                              cfg.objectives()[0][0])
+                              cfg.objectives()[0][0], search_ended)
     except Exception as exc:  # a note, not the result: the search's records stand without it
         print(f"warning: the ranking's verdicts were not written to the Optuna study at {url}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)

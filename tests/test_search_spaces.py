@@ -132,3 +132,27 @@ def test_the_study_carries_the_rankings_verdicts(tmp_path):
                                           "trial a_1, epoch 0: collapsed")
     assert optuna_notes.annotate(optuna_notes.study_url(str(tmp_path), "none"), "none", rows,
                                  {}, None, "fid") == 0
+
+
+def test_a_suggestion_the_killed_driver_never_ran_is_failed_with_the_reason(tmp_path):
+    """A driver killed between Optuna's ask() and Tune's saved state leaves a RUNNING Optuna
+    trial that no Tune trial owns (seen in CI's SIGKILL/resume test); once the search has
+    ended it is FAILED with why, not shown running forever."""
+    from orchestrator.store import optuna_notes
+
+    url = optuna_notes.study_url(str(tmp_path), "s")
+    study = optuna.create_study(study_name="s", storage=url)
+    ran = study.ask()
+    ran.set_user_attr("tune_trial_id", "a_1")
+    study.tell(ran, 1.0)
+    study.ask()  # the orphan
+    rows = [{"trial": "a_1", "status": "finished", "best_epoch": 0, "reason": "", "fid": 1.0}]
+    # a re-rank (`rank`) of a search that may still resume leaves it alone
+    assert optuna_notes.annotate(url, "s", rows, {"a_1": "r1"}, None, "fid") == 1
+    assert optuna.load_study(study_name="s", storage=url).trials[1].state.name == "RUNNING"
+    assert optuna_notes.annotate(url, "s", rows, {"a_1": "r1"}, None, "fid",
+                                 search_ended=True) == 1
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["cxr.excluded"].startswith("suggested, never run")
+    assert study.user_attrs["cxr.trial.1"] == optuna_notes.NEVER_RAN

@@ -143,10 +143,14 @@ def test_sigkill_then_resume_without_a_name(tmp_path, covid3_dir):
         if child.info.status == "FINISHED":
             assert sorted(set(steps)) == [0, 1, 2], steps
         assert sum(n - 1 for n in Counter(steps).values()) <= 1, steps
-    # every Optuna trial names its MLflow run, those started or ended after the resume too
-    # (the restored searcher and MLflow callback are unpickled separately)
+    # every Optuna trial Tune ran names its MLflow run, those started or ended after the
+    # resume too (the restored searcher and MLflow callback are unpickled separately); one
+    # asked for just before the kill and never run is FAILED with why, not left RUNNING
     study = optuna.load_study(study_name=name,
                               storage=f"sqlite:///{storage}/{name}-optuna.db")
     run_of = {c.data.tags["cxr.trial_id"]: c.info.run_id for c in children}
-    assert {t.user_attrs.get("tune_trial_id"): t.user_attrs.get("mlflow_run_id")
-            for t in study.trials} == run_of
+    ran = [t for t in study.trials if "tune_trial_id" in t.user_attrs]
+    assert {t.user_attrs["tune_trial_id"]: t.user_attrs.get("mlflow_run_id")
+            for t in ran} == run_of
+    assert all(t.state.name == "FAIL" and t.user_attrs["cxr.excluded"].startswith(
+        "suggested, never run") for t in study.trials if t not in ran)

@@ -39,9 +39,11 @@ def trial_line(row: dict, run_id: str, objective: str) -> str:
 
 
 def annotate(url: str, name: str, rows: list[dict], run_ids: dict[str, str],
-             best: dict | None, objective: str) -> int:
+             best: dict | None, objective: str, search_ended: bool = False) -> int:
     """Write the verdicts onto study `name` at `url`; returns how many trials were noted
-    (0 when the search had no Optuna study, e.g. under PBT)."""
+    (0 when the search had no Optuna study, e.g. under PBT).  `search_ended` (Tune's fit
+    returned, every trial over): a trial still RUNNING is a suggestion nobody ran, FAILED with
+    the reason; a re-rank of a search that may resume leaves it alone."""
     try:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:  # no such study: the searcher was not Optuna
@@ -49,6 +51,9 @@ def annotate(url: str, name: str, rows: list[dict], run_ids: dict[str, str],
     by_tune_id = {str(r["trial"]): r for r in rows}
     noted = 0
     for trial in study.get_trials(deepcopy=False):
+        if search_ended and trial.state == optuna.trial.TrialState.RUNNING:
+            _close_orphan(study, trial)
+            continue
         row = by_tune_id.get(str(trial.user_attrs.get("tune_trial_id")))
         if row is not None:
             study.set_user_attr(f"cxr.trial.{trial.number}",
@@ -61,3 +66,16 @@ def annotate(url: str, name: str, rows: list[dict], run_ids: dict[str, str],
                         (f"; not the same epoch as {best['versus_lowest']}"
                          if best.get("versus_lowest") else ""))
     return noted
+
+
+NEVER_RAN = ("suggested, never run: the driver stopped between Optuna's suggestion and Tune's "
+             "saved state, and the resumed search did not know the trial")
+
+
+def _close_orphan(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A trial still RUNNING once the search has ended was asked for and never run (Tune's
+    trials have all ended by now): FAIL it with the reason, or the dashboard shows it running
+    forever."""
+    optuna.trial.Trial(study, trial._trial_id).set_user_attr("cxr.excluded", NEVER_RAN)
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    study.set_user_attr(f"cxr.trial.{trial.number}", NEVER_RAN)
