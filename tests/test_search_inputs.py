@@ -17,6 +17,7 @@ from orchestrator import finalize, pipeline, ranking
 from orchestrator.cli import search
 from orchestrator.config import ConfigError, SearchConfig
 from orchestrator.run.tuner import BestEpochOptunaSearch, asha_grace_period
+from orchestrator.store.writer import MlflowSearchCallback
 from trainables.trial import KEEP_SCORE, SearchScores
 
 
@@ -103,7 +104,9 @@ def _searcher(metric, mode):
 
 def test_optuna_is_told_the_best_epoch_or_pruned_never_a_made_up_value():
     alg = _searcher("best_fid", "min")
-    alg.run_ids.update(diverged="run-d", fine="run-f", errored="run-e")  # as the MLflow callback
+    callback = MlflowSearchCallback("sqlite:///unused.db", "s", "parent")
+    callback.run_ids.update(diverged="run-d", fine="run-f", errored="run-e")  # as run_for does
+    callback.setup()  # as Tune does when fit starts
     for trial_id in ("diverged", "fine", "errored"):
         alg.suggest(trial_id)
     alg.on_trial_result("diverged", {"best_fid": math.nan, "training_iteration": 1})

@@ -51,8 +51,6 @@ def build_tuner(cfg: SearchConfig, settings: TrialSettings, storage: str, callba
     metric, mode = objectives[0]
     space_module = registry.experiment_space(cfg.experiment)
     search_alg, param_space = searcher(cfg, space_module, settings, objectives, storage)
-    if isinstance(search_alg, BestEpochOptunaSearch):
-        search_alg.run_ids = callback.run_ids
     tune_config = tune.TuneConfig(
         num_samples=cfg.num_samples,
         max_concurrent_trials=settings.placement.max_concurrent,
@@ -156,12 +154,6 @@ class BestEpochOptunaSearch(OptunaSearch):
     avoid that region without a fake number entering the study.  A trial that errored is
     FAIL (the stock rule)."""
 
-    def __init__(self, *args, run_ids: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Tune trial id -> MLflow run id: the MLflow callback's own map (shared, not copied),
-        # so each Optuna trial can name its MLflow run
-        self.run_ids = {} if run_ids is None else run_ids
-
     def on_trial_result(self, trial_id: str, result: dict):
         if isinstance(self.metric, str) and _nan_to_none(result.get(self.metric)) is None:
             return  # nothing evaluated yet: no intermediate value for Optuna
@@ -191,9 +183,9 @@ class BestEpochOptunaSearch(OptunaSearch):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._ot_study.set_metric_names([str(n) for n in names])
         ot_trial.set_user_attr("tune_trial_id", trial_id)
-        # a restored searcher's own map is a stale copy (pickled apart from the callback's)
-        run_id = (getattr(self, "run_ids", {}).get(trial_id)
-                  or MlflowSearchCallback.live_run_ids().get(trial_id))
+        # the running callback's map: a reference held here would be pickled apart from it
+        # and go stale after --resume
+        run_id = MlflowSearchCallback.live_run_ids().get(trial_id)
         if run_id:
             ot_trial.set_user_attr("mlflow_run_id", run_id)
         if error:

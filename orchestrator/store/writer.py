@@ -145,9 +145,9 @@ class MlflowSearchCallback(Callback):
         self._protocols: dict[str, str] = {}
         self._params: dict[str, set[str]] = {}  # per run: the param keys already logged
 
-    # The run map of the callback Tune runs now (one search per driver process): on --resume
-    # Tune unpickles the searcher and the callbacks apart, so the searcher's reference to
-    # `run_ids` no longer is this map; `live_run_ids` is.
+    # The run map of the callback Tune runs now (one search per driver process), read by the
+    # Optuna searcher: Tune pickles the searcher and the callbacks apart, so a reference the
+    # searcher held would be a stale copy after --resume.
     _live_runs: dict[str, str] = {}
 
     def setup(self, **info):
